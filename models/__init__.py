@@ -1,0 +1,10 @@
+"""Backbones: `create_model(name, **kwargs)` over our registry first, then timm's.
+
+Our own models register with `models.registry.register_model`. This package never imports torch_xla:
+device placement and sharding live in utils/device.py.
+"""
+
+from models import small_cnn  # noqa: F401  (register our models)
+from models.registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model"]

@@ -1,0 +1,61 @@
+"""A small ConvNet for tiny images (digits, CIFAR-sized smoke runs) and fast XLA tests."""
+
+import torch
+from torch import nn
+
+from models.registry import register_model
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-GELU stages with stride-2 downsampling, global average pool, linear head.
+
+    It follows timm's conventions (`num_classes`, `in_chans`, `forward_features`, `forward_head`,
+    `reset_classifier`, `no_weight_decay`), so the engine and optimizer factory treat it like any
+    timm backbone.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.0, **kwargs):
+        super().__init__()
+        assert not kwargs, f"SmallCNN got unknown arguments {sorted(kwargs)}"
+        layers, c_in = [], in_chans
+        for i, c_out in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+            layers += [nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.num_features = c_in
+        self.num_classes = num_classes
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(c_in, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x_bchw: torch.Tensor) -> torch.Tensor:
+        return self.features(x_bchw)
+
+    def forward_head(self, x_bchw: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x_bd = self.drop(x_bchw.mean(dim=(2, 3)))
+        return x_bd if pre_logits else self.head(x_bd)
+
+    def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x_bchw))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {"stem": r"^features\.[0-2]\.", "blocks": r"^features\.(\d+)"}
+
+
+@register_model
+def small_cnn(**kwargs) -> SmallCNN:
+    return SmallCNN(**kwargs)
+
+
+@register_model
+def tiny_cnn(**kwargs) -> SmallCNN:
+    """Two narrow stages: compiles in seconds on PJRT CPU, for XLA tests."""
+    return SmallCNN(widths=(8, 16), **kwargs)

@@ -1,0 +1,1 @@
+"""Device runtimes, checkpoints, logging and metrics."""
