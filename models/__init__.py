@@ -4,7 +4,10 @@ Our own models register with `models.registry.register_model`. This package neve
 device placement and sharding live in utils/device.py.
 """
 
-from models import small_cnn  # noqa: F401  (register our models)
+from models import (
+    set_model,  # noqa: F401
+    small_cnn,  # noqa: F401  (register our models)
+)
 from models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

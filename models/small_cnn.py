@@ -58,4 +58,4 @@ def small_cnn(**kwargs) -> SmallCNN:
 @register_model
 def tiny_cnn(**kwargs) -> SmallCNN:
     """Two narrow stages: compiles in seconds on PJRT CPU, for XLA tests."""
-    return SmallCNN(widths=(8, 16), **kwargs)
+    return SmallCNN(widths=(16, 32), **kwargs)

@@ -1,7 +1,7 @@
 """One runtime per way to run: CPU eager, CUDA, or XLA (PJRT). The engine only talks to a `Runtime`.
 
 Everything specific to torch_xla lives here, behind small methods: `to_device`, `compile`,
-`optimizer_step`, `mark_step`, `reduce_sum`, `add_step_closure`, `compile_count`. The engine never
+`reduce_gradients`, `mark_step`, `reduce_sum`, `add_step_closure`, `compile_count`. The engine never
 branches on the device type.
 """
 
@@ -77,8 +77,8 @@ class Runtime:
         enabled = self.precision == "bf16" and self.kind != "cpu"
         return torch.autocast(device_type=self.kind, dtype=torch.bfloat16, enabled=enabled)
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
+    def reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average gradients over data-parallel processes before clipping (no-op: one process, DDP, or SPMD)."""
 
     def mark_step(self) -> None:
         """End of a step: cut and launch the XLA graph; nothing to do in eager mode."""
@@ -133,9 +133,10 @@ class XlaRuntime(Runtime):
     def autocast(self):
         return torch.autocast(device_type="xla", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-    def optimizer_step(self, optimizer):
-        # Gradient all-reduce across PJRT processes (a no-op with one), then the update; no host sync.
-        self._xm.optimizer_step(optimizer)
+    def reduce_gradients(self, optimizer):
+        # PJRT multi-process: all-reduce gradients inside the graph (no host sync); a no-op with one process.
+        if self.world_size > 1:
+            self._xm.reduce_gradients(optimizer)
 
     def mark_step(self):
         self._torch_xla.sync()

@@ -9,8 +9,7 @@ import ast
 import inspect
 from collections.abc import Callable
 
-from big_vision.pp import ops_general, ops_image  # noqa: F401  (register the ops)
-from big_vision.pp import registry
+from big_vision.pp import ops_general, ops_image, randaug, registry  # noqa: F401  (register the ops)
 
 
 def _parse_segment(segment: str) -> tuple[str, tuple, dict]:

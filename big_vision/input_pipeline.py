@@ -1,0 +1,193 @@
+"""TFDS -> pp -> fixed-shape batches for this process, handed to torch without copies.
+
+Train: each process reads a disjoint, equal-sized part of the split (`tfds.even_splits` with
+drop_remainder), files are shuffled and examples shuffled with a seed derived from (seed, epoch),
+then preprocessed and batched with drop_remainder, so every step has the same shape. The dataset is
+rebuilt per epoch: this makes the order a pure function of (seed, epoch), which is what exact
+resume replays (skipping `start_step` batches before preprocessing is ever run on them).
+
+Eval: every example is seen exactly once across processes. Each process reads its part
+(`even_splits` without drop_remainder), and the stream is padded with `_mask=False` examples up to
+the same number of full batches on every process (one shape, one compiled graph, and the same
+number of collective calls everywhere).
+"""
+
+import difflib
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+import torch
+
+from big_vision.pp import builder as pp_builder
+from big_vision.tf_import import tf
+
+AUTOTUNE = -1
+
+# tf.data hands out read-only numpy buffers; torch wraps them without a copy and never writes to them.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+def _make_pp(pp_str: str) -> Callable[[dict], dict]:
+    """The pp function for tf.data; ops are plain TF already, so AutoGraph conversion is skipped."""
+    return tf.autograph.experimental.do_not_convert(pp_builder.get_preprocess_fn(pp_str))
+
+
+def _list_prepared(data_dpath: str) -> list[str]:
+    """Datasets prepared under a TFDS data dir (`name` or `name/config`)."""
+    found = []
+    for name in sorted(tf.io.gfile.listdir(data_dpath)):
+        name = name.rstrip("/")
+        if name.startswith("downloads") or not tf.io.gfile.isdir(os.path.join(data_dpath, name)):
+            continue
+        found.append(name)
+    return found
+
+
+def make_builder(name: str, data_dpath: str | None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder for `name` in `data_dpath` (local or gs://), prepared already (no downloads)."""
+    if data_dpath is not None and not tf.io.gfile.exists(data_dpath):
+        raise FileNotFoundError(f"--tfds_data_dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)")
+    try:
+        builder = tfds.builder(name, data_dir=data_dpath, try_gcs=False)
+    except tfds.core.registered.DatasetNotFoundError:
+        builder = None
+    prepared = _list_prepared(data_dpath) if data_dpath else []
+    if builder is None or not tf.io.gfile.exists(builder.data_dir):
+        close = difflib.get_close_matches(name, prepared, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        where = f"in --tfds_data_dir {data_dpath!r}" if data_dpath else "in the default TFDS data dir"
+        raise ValueError(f"TFDS dataset {name!r} is not prepared {where}; {hint}prepared there: {', '.join(prepared) or 'none'}")
+    return builder
+
+
+def get_split(builder: tfds.core.DatasetBuilder, split: str) -> str:
+    """Validate a TFDS split string (`train`, `train[:90%]`, `validation+test`) against the builder."""
+    try:
+        n = builder.info.splits[split].num_examples
+    except (KeyError, ValueError, AssertionError) as e:
+        known = ", ".join(builder.info.splits.keys())
+        raise ValueError(f"bad split {split!r} for TFDS dataset {builder.info.full_name}: {e}; splits are {known} (slices like 'train[:90%]' work too)") from None
+    if n == 0:
+        raise ValueError(f"split {split!r} of {builder.info.full_name} has no examples")
+    return split
+
+
+def _process_split(split: str, process_index: int, process_count: int, drop_remainder: bool) -> str:
+    if process_count == 1:
+        return split
+    return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+
+
+def get_num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+    return builder.info.splits[split].num_examples
+
+
+def get_train_steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str, batch_size: int, process_count: int) -> int:
+    """Full batches per epoch on every process (each process reads n // process_count examples)."""
+    per_process = get_num_examples(builder, split) // process_count
+    steps = per_process // batch_size
+    if steps == 0:
+        raise ValueError(f"split {split!r} has {per_process} examples per process, fewer than one batch of {batch_size}; lower --batch_size")
+    return steps
+
+
+def _options(num_parallel_calls: int, private_threadpool_size: int, deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if private_threadpool_size > 0:
+        options.threading.private_threadpool_size = private_threadpool_size
+    options.autotune.enabled = True
+    return options
+
+
+def make_train_dataset(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    pp_str: str,
+    batch_size: int,
+    *,
+    epoch: int = 0,
+    start_step: int = 0,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 10_000,
+    cache_raw: bool = False,
+    skip_decode: bool = True,
+    prefetch: int = 2,
+    num_parallel_calls: int = AUTOTUNE,
+    private_threadpool_size: int = 0,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
+    """One epoch of full batches for this process, starting at `start_step` of that epoch."""
+    epoch_seed = seed * 100_003 + epoch
+    read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False)
+    decoders = {"image": tfds.decode.SkipDecoding()} if skip_decode and "image" in builder.info.features else None
+    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, True), shuffle_files=True, read_config=read_config, decoders=decoders)
+    if cache_raw:
+        ds = ds.cache()
+    if shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    if start_step:
+        ds = ds.skip(start_step * batch_size)  # before pp: skipped examples are never decoded
+    ds = ds.map(_make_pp(pp_str), num_parallel_calls=num_parallel_calls)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.with_options(_options(num_parallel_calls, private_threadpool_size, deterministic))
+    return ds.prefetch(prefetch)
+
+
+def make_eval_dataset(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    pp_str: str,
+    batch_size: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    cache: bool = False,
+    skip_decode: bool = True,
+    prefetch: int = 2,
+    num_parallel_calls: int = AUTOTUNE,
+    private_threadpool_size: int = 0,
+) -> tuple[tf.data.Dataset, int]:
+    """Fixed-size eval batches with `_mask`, and how many of them (the same on every process)."""
+    n_per_process = [builder.info.splits[_process_split(split, i, process_count, False)].num_examples for i in range(process_count)]
+    n_batches = math.ceil(max(n_per_process) / batch_size)
+    decoders = {"image": tfds.decode.SkipDecoding()} if skip_decode and "image" in builder.info.features else None
+    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, False), shuffle_files=False, decoders=decoders)
+    pp = _make_pp(pp_str)
+
+    @tf.autograph.experimental.do_not_convert
+    def with_mask(example: dict) -> dict:
+        out = pp(example)
+        out["_mask"] = tf.constant(True)
+        return out
+
+    ds = ds.map(with_mask, num_parallel_calls=num_parallel_calls)
+    if cache:
+        ds = ds.cache()
+    # Padding: zero examples with _mask=False, appended forever, then cut at n_batches full batches.
+    pad = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+    pad["_mask"] = tf.constant(False)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
+    ds = ds.batch(batch_size, drop_remainder=True).take(n_batches)
+    ds = ds.with_options(_options(num_parallel_calls, private_threadpool_size, True))
+    return ds.prefetch(prefetch), n_batches
+
+
+def _to_torch(name: str, x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(x)  # shares memory with the numpy batch: no copy
+    if name == "image" and t.ndim == 4:
+        # NHWC -> NCHW as a view: the result is channels_last in memory, which CPU convs run natively.
+        t = t.permute(0, 3, 1, 2)
+    return t
+
+
+def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """tf.data batches -> dicts of torch tensors (string features are dropped)."""
+    for batch in ds.as_numpy_iterator():
+        yield {k: _to_torch(k, v) for k, v in batch.items() if (keys is None or k in keys) and v.dtype != object}

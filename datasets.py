@@ -1,0 +1,119 @@
+"""Front door for data: `build_data(args, runtime)` -> host batches for this process only.
+
+Image data comes from TFDS through big_vision pp strings (`--data_set digits` is the embedded,
+offline default; `--data_set tfds --tfds_name NAME` reads any prepared TFDS dataset from
+`--tfds_data_dir`, local or gs://). Cell-set data comes from `.h5ad` files (`--data_set h5ad`).
+"""
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DATA_SETS = ("digits", "tfds", "h5ad")
+DIGITS_NAME = "sklearn_digits"
+DIGITS_PP_TRAIN = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
+DIGITS_PP_EVAL = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
+# Same recipe shape as big_vision's ImageNet configs.
+IMAGENET_PP_TRAIN = 'decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")'
+IMAGENET_PP_EVAL = 'decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|keep("image", "label")'
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class Data:
+    """What the engine needs from a dataset: epochs of train batches and one pass of eval batches."""
+
+    kind: str  # "image" | "cellset"
+    steps_per_epoch: int
+    n_eval_batches: int
+    n_eval_examples: int
+    make_train_batches: Callable[[int, int], Iterator[Batch]]  # (epoch, start_step) -> batches
+    make_eval_batches: Callable[[], Iterator[Batch]]
+    num_classes: int = 0
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        return self.make_train_batches(epoch, start_step)
+
+    def eval_batches(self) -> Iterator[Batch]:
+        return self.make_eval_batches()
+
+
+def get_default_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def prepare_digits(data_dpath: str) -> None:
+    """Build the embedded digits dataset into `data_dpath` if it is not there yet (about a second)."""
+    import tensorflow_datasets as tfds
+
+    from big_vision import digits  # noqa: F401  (registers the builder)
+
+    builder = tfds.builder(DIGITS_NAME, data_dir=data_dpath)
+    if not builder.is_prepared():
+        log.info("preparing the embedded digits dataset in %s", data_dpath)
+        builder.download_and_prepare()
+
+
+def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int) -> Data:
+    from big_vision import input_pipeline as ip
+
+    name = DIGITS_NAME if args.data_set == "digits" else args.tfds_name
+    if not name:
+        raise ValueError("--data_set tfds needs --tfds_name (e.g. imagenet2012, cifar10)")
+    data_dpath = args.tfds_data_dir or get_default_data_dir()
+    if args.data_set == "digits":
+        os.makedirs(data_dpath, exist_ok=True)
+        prepare_digits(data_dpath)
+    builder = ip.make_builder(name, data_dpath)
+    train_split = ip.get_split(builder, args.tfds_train_split)
+    eval_split = ip.get_split(builder, args.tfds_eval_split)
+    pp_train = args.big_vision_pp_train or (DIGITS_PP_TRAIN if args.data_set == "digits" else IMAGENET_PP_TRAIN)
+    pp_eval = args.big_vision_pp_eval or (DIGITS_PP_EVAL if args.data_set == "digits" else IMAGENET_PP_EVAL)
+    batch_per_process = args.batch_size // process_count
+    steps_per_epoch = ip.get_train_steps_per_epoch(builder, train_split, batch_per_process, process_count)
+    common = dict(
+        process_index=process_index,
+        process_count=process_count,
+        skip_decode=args.tfds_skip_decode,
+        prefetch=args.tfds_prefetch,
+        num_parallel_calls=args.tfds_num_parallel_calls,
+        private_threadpool_size=args.tfds_private_threadpool_size,
+    )
+    # Build both pipelines once up front: a bad pp string or split fails here, before any compile.
+    eval_ds, n_eval_batches = ip.make_eval_dataset(builder, eval_split, pp_eval, args.eval_batch_size // process_count, cache=args.tfds_cache_eval, **common)
+    ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, seed=args.seed, shuffle_buffer=args.tfds_shuffle_buffer, cache_raw=args.tfds_cache_raw, **common)
+
+    def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
+        ds = ip.make_train_dataset(
+            builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, seed=args.seed, shuffle_buffer=args.tfds_shuffle_buffer, cache_raw=args.tfds_cache_raw, **common
+        )
+        return ip.iterate_torch(ds)
+
+    num_classes = builder.info.features["label"].num_classes if "label" in builder.info.features else args.num_classes
+    return Data(
+        kind="image",
+        steps_per_epoch=steps_per_epoch,
+        n_eval_batches=n_eval_batches,
+        n_eval_examples=ip.get_num_examples(builder, eval_split),
+        make_train_batches=train_batches,
+        make_eval_batches=lambda: ip.iterate_torch(eval_ds),
+        num_classes=num_classes,
+        info={"name": builder.info.full_name, "train_split": train_split, "eval_split": eval_split, "pp_train": pp_train, "pp_eval": pp_eval, "data_dir": data_dpath},
+    )
+
+
+def build_data(args: argparse.Namespace, process_index: int = 0, process_count: int = 1) -> Data:
+    """The dataset named by `--data_set`, for process `process_index` of `process_count`."""
+    if args.data_set in ("digits", "tfds"):
+        return _build_tfds(args, process_index, process_count)
+    if args.data_set == "h5ad":
+        raise NotImplementedError("--data_set h5ad is not wired yet")
+    raise ValueError(f"--data_set {args.data_set!r} is not one of {', '.join(DATA_SETS)}")

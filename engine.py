@@ -1,0 +1,209 @@
+"""Train and eval loops in plain PyTorch. Device specifics live behind `utils.device.Runtime`.
+
+`train_step` is the whole step (forward, loss, backward, gradient reduction, clipping, optimizer
+update) and returns device tensors only; on XLA it is compiled as one graph. `fit` only schedules,
+logs (through step closures: values reach the host every `log_every` steps and never inside the
+step), evaluates and checkpoints.
+"""
+
+import argparse
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from optim_factory import Schedule
+from utils import checkpoint as ckpt
+from utils.device import Runtime
+from utils.logging import MetricLogger, format_duration
+
+log = logging.getLogger("train")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or gradient norm became nan or inf."""
+
+
+@dataclasses.dataclass
+class Position:
+    """Where training is: the next step to run (global and within its epoch)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+def train_step(
+    model: nn.Module, task, optimizer: torch.optim.Optimizer, runtime: Runtime, clip_grad: float, batch: dict[str, torch.Tensor], nonfinite_t: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step; returns device metrics and the running count of non-finite steps."""
+    with runtime.autocast():
+        loss, extra = task.train_loss(model, batch)
+    loss.backward()
+    runtime.reduce_gradients(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip_grad > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss.detach()
+    # Counted on the device: a host check here would sync every step. The logging closure reads it.
+    nonfinite_t = nonfinite_t + (~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float()
+    return {"loss": loss, "grad_norm": grad_norm.detach(), **{k: v.detach() for k, v in extra.items()}}, nonfinite_t
+
+
+def eval_step(model: nn.Module, task, runtime: Runtime, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.no_grad(), runtime.autocast():
+        return task.eval_outputs(model, batch)
+
+
+def evaluate(model: nn.Module, task, data, runtime: Runtime, step_fn: Callable | None = None) -> dict[str, float]:
+    """One pass over the (padded, masked) eval batches of this process; metrics reduced over processes."""
+    step_fn = step_fn or runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
+    was_training = model.training
+    model.eval()
+    acc = task.make_eval_accumulator()
+    n_batches = 0
+    for batch in runtime.device_loader(data.eval_batches()):
+        acc.add(step_fn(batch), batch)
+        n_batches += 1
+    assert n_batches == data.n_eval_batches, f"eval produced {n_batches} batches, expected {data.n_eval_batches}"
+    model.train(was_training)
+    return acc.result()
+
+
+class Trainer:
+    """Owns the loop state; `fit()` runs epochs from `position` to `args.epochs`."""
+
+    def __init__(self, args: argparse.Namespace, runtime: Runtime, model: nn.Module, task, optimizer: torch.optim.Optimizer, schedule: Schedule, data, logger: MetricLogger, examples_per_step: int):
+        self.args, self.runtime, self.model, self.task = args, runtime, model, task
+        self.optimizer, self.schedule, self.data, self.logger = optimizer, schedule, data, logger
+        self.examples_per_step = examples_per_step
+        self.position = Position()
+        self.nonfinite_t = torch.zeros((), device=runtime.device)
+        self.failure: str | None = None
+        self.last_checked_step = 0
+        self.compiles_after_warmup: int | None = None
+        self.best: dict[str, float] = {}
+        self._train_fn = runtime.compile(lambda batch, nf: train_step(model, task, optimizer, runtime, args.clip_grad, batch, nf), name="train_step")
+        self._eval_fn = runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "position": dataclasses.asdict(self.position),
+            "rng": ckpt.get_rng_state(),
+            "args": vars(self.args),
+            "best": dict(self.best),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # keep our schedule bookkeeping if an old file lacks it
+            group.setdefault("lr_scale", 1.0)
+            group.setdefault("wd_scale", 1.0 if group.get("weight_decay", 0.0) > 0 else 0.0)
+        self.position = Position(**state["position"])
+        self.best = dict(state.get("best", {}))
+        ckpt.set_rng_state(state["rng"])
+
+    def save(self) -> str | None:
+        """Checkpoint the current position (main process writes); refuses if training diverged."""
+        self._check_finite()
+        if not self.runtime.is_main or not self.args.output_dir:
+            return None
+        fpath = ckpt.save_checkpoint(self.state_dict(), self.args.output_dir, self.position.global_step, keep_last=self.args.keep_last)
+        log.info("saved %s", fpath)
+        return fpath
+
+    # ---- logging ------------------------------------------------------------------------------
+    def _log_closure(self, step: int, epoch: int, lr: float, out: dict[str, torch.Tensor], nonfinite_t: torch.Tensor) -> None:
+        values = {k: float(v.item()) for k, v in out.items()}
+        if float(nonfinite_t.item()) > 0 and self.failure is None:
+            self.failure = f"loss became nan or inf between steps {self.last_checked_step} and {step}"
+        self.last_checked_step = step
+        values["lr"] = lr
+        self.logger.train_progress(step, epoch, self.args.epochs, values, self.examples_per_step)
+
+    def _check_finite(self) -> None:
+        if self.failure is None and float(self.nonfinite_t.item()) > 0:
+            self.failure = f"loss became nan or inf between steps {self.last_checked_step} and {self.position.global_step}"
+        if self.failure is not None:
+            raise TrainingDiverged(f"{self.failure}; the last good checkpoint in {self.args.output_dir} is kept (lower --lr, raise --warmup_epochs, or set --clip_grad)")
+
+    def _report_compiles(self, epoch: int) -> None:
+        n = self.runtime.compile_count()
+        if n is None:
+            return
+        transfers = self.runtime.transfer_count()
+        log.info("xla: %d graphs compiled so far, %d device-to-host transfers (epoch %d)", n, transfers, epoch + 1)
+        self.logger.scalars(self.position.global_step, {"compiles": n, "transfers": transfers}, prefix="xla/")
+        if self.compiles_after_warmup is None:
+            self.compiles_after_warmup = n  # warm-up: the first epoch compiles the train and eval steps
+        elif n > self.compiles_after_warmup:
+            log.warning(
+                "xla: %d new compiles during epoch %d (after warm-up); a shape or a Python value changed between steps: run with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
+                n - self.compiles_after_warmup,
+                epoch + 1,
+            )
+            self.compiles_after_warmup = n
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = evaluate(self.model, self.task, self.data, self.runtime, self._eval_fn)
+        self.logger.scalars(self.position.global_step, metrics, prefix="eval/")
+        log.info("eval after epoch %d: %s (%.1fs)", self.position.epoch, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()), time.perf_counter() - t0)
+        return metrics
+
+    def train_epoch(self, epoch: int) -> None:
+        args, pos = self.args, self.position
+        steps = self.data.steps_per_epoch
+        batches = self.runtime.device_loader(self.data.train_batches(epoch, pos.step_in_epoch))
+        for batch in batches:
+            lr = self.schedule.apply(self.optimizer, pos.global_step)
+            out, self.nonfinite_t = self._train_fn(batch, self.nonfinite_t)
+            pos.global_step += 1
+            pos.step_in_epoch += 1
+            if pos.global_step % args.log_every == 0 or pos.step_in_epoch == steps:
+                self.runtime.add_step_closure(self._log_closure, args=(pos.global_step, epoch, lr, out, self.nonfinite_t))
+            self.runtime.mark_step()
+            if self.failure is not None:
+                self._check_finite()
+            if args.save_every_steps and pos.global_step % args.save_every_steps == 0 and pos.step_in_epoch < steps:
+                self.save()
+            if pos.step_in_epoch == steps:
+                break
+        assert pos.step_in_epoch == steps, f"epoch {epoch} ended after {pos.step_in_epoch} of {steps} steps: the input pipeline ran dry"
+        pos.epoch, pos.step_in_epoch = epoch + 1, 0
+
+    def fit(self) -> dict[str, float]:
+        args = self.args
+        t0 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        start_epoch = self.position.epoch
+        for epoch in range(start_epoch, args.epochs):
+            self.train_epoch(epoch)
+            last = epoch + 1 == args.epochs
+            if last or (args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0):
+                metrics = self.evaluate()
+                self._update_best(metrics)
+            self._report_compiles(epoch)
+            if last or (args.save_every_epochs and (epoch + 1) % args.save_every_epochs == 0):
+                self.save()
+        self._check_finite()
+        log.info("training done in %s", format_duration(time.perf_counter() - t0))
+        return metrics
+
+    def _update_best(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, float) and not math.isnan(v) and k.startswith("acc"):
+                self.best[k] = max(self.best.get(k, v), v)

@@ -1,0 +1,77 @@
+"""Optimizers and per-step schedules.
+
+Parameter groups come from timm's optimizer factory: no weight decay on 1-D parameters (norms,
+biases), on tokens/embeddings the model lists in `no_weight_decay()`, and optional layer decay from
+the model's `group_matcher()`. The schedule is a pure function of the global step and is written
+into the param groups before every step (floats on the host; on XLA they enter the graph as
+device data, not constants, so a changing LR does not recompile).
+"""
+
+import dataclasses
+import difflib
+import math
+
+import timm.optim
+import torch
+from torch import nn
+
+
+def list_optimizers() -> list[str]:
+    return timm.optim.list_optimizers()
+
+
+def make_optimizer(
+    model: nn.Module, opt: str, lr: float, weight_decay: float, *, momentum: float = 0.9, betas: tuple[float, float] | None = None, eps: float | None = None, layer_decay: float | None = None
+) -> torch.optim.Optimizer:
+    """Build `opt` (any timm optimizer name: adamw, sgd, lamb, lion, ...) with the decay rules above."""
+    names = list_optimizers()
+    if opt.lower() not in names:
+        close = difflib.get_close_matches(opt.lower(), names, n=3, cutoff=0.5)
+        raise ValueError(f"unknown optimizer {opt!r}; " + (f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names[:20])}, ..."))
+    kwargs = {"momentum": momentum} if opt.lower() in ("sgd", "momentum", "nesterov") else {}
+    if betas is not None:
+        kwargs["betas"] = tuple(betas)
+    if eps is not None:
+        kwargs["eps"] = eps
+    optimizer = timm.optim.create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, **kwargs)
+    for group in optimizer.param_groups:
+        # Remember which groups decay, so the WD schedule never turns decay on for norms/biases.
+        group["wd_scale"] = 1.0 if group.get("weight_decay", 0.0) > 0 else 0.0
+        group.setdefault("lr_scale", 1.0)
+    return optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Linear warmup then cosine decay for LR; optional cosine schedule for weight decay."""
+
+    total_steps: int
+    lr: float
+    warmup_steps: int = 0
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    weight_decay_end: float | None = None
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            # (step + 1) so the very first step is not lr=0: 0 is a special scalar on XLA and would cost an extra compile.
+            return self.warmup_lr + (self.lr - self.warmup_lr) * (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        t = min(step - self.warmup_steps, decay_steps) / decay_steps
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
+
+    def wd_at(self, step: int) -> float:
+        if self.weight_decay_end is None:
+            return self.weight_decay
+        t = min(step, self.total_steps) / max(1, self.total_steps)
+        return self.weight_decay_end + 0.5 * (self.weight_decay - self.weight_decay_end) * (1.0 + math.cos(math.pi * t))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Write this step's LR and WD into the param groups; returns the base LR."""
+        lr, wd = self.lr_at(step), self.wd_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+            if group["wd_scale"]:
+                group["weight_decay"] = wd * group["wd_scale"]
+        return lr

@@ -1,0 +1,65 @@
+"""Image classification: cross-entropy (hard or soft targets) and masked top-1/top-5 eval."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.device import Runtime
+
+
+class ClassificationTask:
+    """Cross-entropy on `image` -> `label` (int64 [b]) or `labels` (float [b, c], e.g. after mixup)."""
+
+    def __init__(self, runtime: Runtime, label_smoothing: float = 0.0):
+        self.runtime = runtime
+        self.label_smoothing = label_smoothing
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["labels"] if "labels" in batch else batch["label"]
+
+    def train_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits_bc = model(batch["image"])
+        loss = F.cross_entropy(logits_bc.float(), self.targets(batch), label_smoothing=self.label_smoothing)
+        return loss, {}
+
+    def eval_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits_bc = model(batch["image"]).float()
+        return classification_sums(logits_bc, batch["label"], batch["_mask"])
+
+    def make_eval_accumulator(self) -> "SumAccumulator":
+        return SumAccumulator(self.runtime)
+
+
+def classification_sums(logits_bc: torch.Tensor, label_b: torch.Tensor, mask_b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Masked sums for one batch: padding rows count nowhere, so the last padded batch is exact."""
+    k = min(5, logits_bc.shape[1])
+    top_bk = logits_bc.topk(k, dim=1).indices
+    hit_bk = top_bk == label_b[:, None]
+    maskf_b = mask_b.float()
+    loss_b = F.cross_entropy(logits_bc, label_b, reduction="none")
+    return {
+        "correct1": (hit_bk[:, 0].float() * maskf_b).sum(),
+        "correct5": (hit_bk.any(dim=1).float() * maskf_b).sum(),
+        "loss_sum": (loss_b * maskf_b).sum(),
+        "count": maskf_b.sum(),
+    }
+
+
+class SumAccumulator:
+    """Adds per-batch device sums on the device; one reduction across processes and one host read at the end."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.totals: dict[str, torch.Tensor] = {}
+
+    def add(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        for k, v in outputs.items():
+            self.totals[k] = self.totals[k] + v if k in self.totals else v
+
+    def result(self) -> dict[str, float]:
+        totals = {k: float(self.runtime.reduce_sum(v).item()) for k, v in self.totals.items()}
+        count = max(totals.pop("count", 0.0), 1.0)
+        out = {"n_examples": count}
+        if "correct1" in totals:
+            out.update(acc1=100.0 * totals["correct1"] / count, acc5=100.0 * totals["correct5"] / count, loss=totals["loss_sum"] / count)
+        return out

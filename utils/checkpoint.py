@@ -1,0 +1,141 @@
+"""Checkpoints: atomic writes, keep-last-K, `--resume auto|PATH`, safe loading.
+
+Layout: `output_dir/checkpoint-{step:08d}.pt`. A checkpoint is written to a temporary name in the
+same directory, flushed and fsynced, then renamed: a crash mid-write leaves the previous
+checkpoints intact and at worst a `.tmp` file. Old checkpoints are deleted only after the new one
+is complete. Every load uses `torch.load(weights_only=True)`; model weights keep timm's
+state_dict names, so `timm.create_model(name, checkpoint_path=...)` reads them too.
+"""
+
+import logging
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def to_cpu(obj):
+    """Recursively copy tensors to the host (XLA/CUDA -> CPU) so the file never references a device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def get_rng_state() -> dict:
+    """RNG states of python, numpy and torch, as types `weights_only=True` can load."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def get_checkpoint_fpath(output_dpath: str, step: int) -> str:
+    return os.path.join(output_dpath, f"checkpoint-{step:08d}.pt")
+
+
+def list_checkpoints(output_dpath: str) -> list[tuple[int, str]]:
+    """(step, path) of every finished checkpoint in the dir, newest first."""
+    if not os.path.isdir(output_dpath):
+        return []
+    found = [(int(m.group(1)), os.path.join(output_dpath, f)) for f in os.listdir(output_dpath) if (m := CKPT_RE.match(f))]
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(state: dict, output_dpath: str, step: int, keep_last: int = 3) -> str:
+    """Write `state` atomically as checkpoint-{step}.pt, then prune to the newest `keep_last`."""
+    os.makedirs(output_dpath, exist_ok=True)
+    fpath = get_checkpoint_fpath(output_dpath, step)
+    tmp_fpath = f"{fpath}.tmp.{os.getpid()}"
+    with open(tmp_fpath, "wb") as fd:
+        torch.save(to_cpu(state), fd)
+        fd.flush()
+        os.fsync(fd.fileno())
+    os.replace(tmp_fpath, fpath)
+    _fsync_dir(output_dpath)
+    if keep_last > 0:
+        for _, old_fpath in list_checkpoints(output_dpath)[keep_last:]:
+            os.remove(old_fpath)
+    return fpath
+
+
+def _fsync_dir(dpath: str) -> None:
+    fd = os.open(dpath, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_file(fpath: str) -> dict:
+    """Load a checkpoint or weights file safely (`.pt`/`.pth` with weights_only, or `.safetensors`)."""
+    if fpath.endswith(".safetensors"):
+        import safetensors.torch
+
+        return safetensors.torch.load_file(fpath, device="cpu")
+    return torch.load(fpath, map_location="cpu", weights_only=True)
+
+
+def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
+    """`auto`: newest checkpoint in the output dir that loads (corrupt ones are reported and skipped); else a path."""
+    if not resume:
+        return None
+    if resume != "auto":
+        if not os.path.isfile(resume):
+            raise FileNotFoundError(f"--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir")
+        return resume, load_file(resume)
+    for step, fpath in list_checkpoints(output_dpath):
+        try:
+            state = load_file(fpath)
+        except Exception as e:  # a truncated or corrupt file: say which, then fall back to the previous one
+            log.warning("checkpoint %s (step %d) does not load (%s: %s); skipping it and trying the previous one", fpath, step, type(e).__name__, e)
+            continue
+        return fpath, state
+    log.info("--resume auto: no checkpoint in %s, starting from scratch", output_dpath)
+    return None
+
+
+def get_model_state(state: dict) -> dict:
+    """The model weights from one of our checkpoints or a plain (timm-style) state dict."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if key in state and isinstance(state[key], dict):
+            return state[key]
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, fpath: str, strict: bool = True, what: str = "model") -> None:
+    """Load weights with a clear error that names the missing and unexpected keys."""
+    sd = get_model_state(load_file(fpath))
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    result = model.load_state_dict(sd, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise ValueError(
+            f"{what} weights in {fpath} do not match the architecture: missing keys {result.missing_keys[:8]}{' ...' if len(result.missing_keys) > 8 else ''}, unexpected keys {result.unexpected_keys[:8]}{' ...' if len(result.unexpected_keys) > 8 else ''}"
+        )

@@ -1,0 +1,93 @@
+"""Console progress (plain lines, fine when redirected), tensorboard scalars, and a metrics.jsonl.
+
+Values reach the host only inside step closures (see `utils.device.Runtime.add_step_closure`), so
+the training step itself never syncs. Only the main process writes.
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+log = logging.getLogger("train")
+
+
+def setup_logging(is_main: bool = True, level: int = logging.INFO) -> None:
+    """One plain format for every module; non-main processes only log warnings and errors."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    handler._ours = True  # replace only our own handler on a second call; keep others (pytest's, a user's)
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_ours", False) and not isinstance(h, logging.StreamHandler) or _is_capture(h)] + [handler]
+    root.setLevel(level if is_main else logging.WARNING)
+    for noisy in ("absl", "tensorflow", "h5py", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _is_capture(handler: logging.Handler) -> bool:
+    return type(handler).__module__.startswith("_pytest")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class MetricLogger:
+    """Writes scalars to the console, tensorboard (`output_dir/tb`) and `output_dir/metrics.jsonl`."""
+
+    def __init__(self, output_dpath: str | None, is_main: bool, total_steps: int, tensorboard: bool = True):
+        self.is_main = is_main
+        self.total_steps = total_steps
+        self.writer = None
+        self.jsonl = None
+        self.t_last, self.step_last = time.perf_counter(), None
+        self.t_start = self.t_last
+        if not (is_main and output_dpath):
+            return
+        os.makedirs(output_dpath, exist_ok=True)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(output_dpath, "tb"))
+        self.jsonl = open(os.path.join(output_dpath, "metrics.jsonl"), "a")
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+        if not self.is_main:
+            return
+        for k, v in values.items():
+            if self.writer is not None:
+                self.writer.add_scalar(f"{prefix}{k}", v, step)
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, **{f"{prefix}{k}": v for k, v in values.items()}}) + "\n")
+            self.jsonl.flush()
+
+    def train_progress(self, step: int, epoch: int, n_epochs: int, values: dict[str, float], examples_per_step: int) -> None:
+        """One console line with rate and ETA, plus the same scalars to tensorboard/jsonl."""
+        now = time.perf_counter()
+        steps_done = step - self.step_last if self.step_last is not None else None
+        rate = steps_done / (now - self.t_last) if steps_done and now > self.t_last else float("nan")
+        self.t_last, self.step_last = now, step
+        values = dict(values)
+        if not math.isnan(rate):
+            values["steps_per_s"] = rate
+            values["examples_per_s"] = rate * examples_per_step
+        self.scalars(step, values, prefix="train/")
+        if not self.is_main:
+            return
+        eta = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("nan")
+        parts = [f"step {step}/{self.total_steps}", f"epoch {epoch + 1}/{n_epochs}"]
+        parts += [f"{k} {v:.4g}" for k, v in values.items() if k not in ("steps_per_s", "examples_per_s")]
+        if not math.isnan(rate):
+            parts += [f"{rate * examples_per_step:.0f} ex/s", f"eta {format_duration(eta)}"]
+        log.info("  ".join(parts))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
