@@ -45,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--big_vision_pp_eval", default=None, help="eval pp string (default: the dataset's)")
 
     g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--epochs", type=int, default=15)
     g.add_argument("--batch_size", type=int, default=64, help="global batch size (all processes together)")
     g.add_argument("--eval_batch_size", type=int, default=None, help="global eval batch size (default: --batch_size)")
     g.add_argument("--opt", default="adamw", help="any timm optimizer name (adamw, sgd, lamb, lion, ...)")
