@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from utils import mixup as mixup_lib
+
 log = logging.getLogger(__name__)
 
 DATA_SETS = ("digits", "tfds", "h5ad")
@@ -87,17 +89,23 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
         num_parallel_calls=args.tfds_num_parallel_calls,
         private_threadpool_size=args.tfds_private_threadpool_size,
     )
+    train_kw = dict(seed=args.seed, shuffle_buffer=args.tfds_shuffle_buffer, cache_raw=args.tfds_cache_raw, deterministic=args.tfds_deterministic, **common)
     # Build both pipelines once up front: a bad pp string or split fails here, before any compile.
     eval_ds, n_eval_batches = ip.make_eval_dataset(builder, eval_split, pp_eval, args.eval_batch_size // process_count, cache=args.tfds_cache_eval, **common)
-    ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, seed=args.seed, shuffle_buffer=args.tfds_shuffle_buffer, cache_raw=args.tfds_cache_raw, **common)
+    train_spec = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, **train_kw).element_spec
+    num_classes = builder.info.features["label"].num_classes if "label" in builder.info.features else args.num_classes
+    mixup = mixup_lib.make_mixup(args, args.num_classes or num_classes or 0, batch_per_process)
+    if mixup is not None:
+        log.info("train batches mixed on the host: %s", mixup)
+    if mixup is not None and ("label" not in train_spec or train_spec["label"].shape.rank != 1):
+        raise ValueError(f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: mixing makes the soft targets)")
 
     def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
-        ds = ip.make_train_dataset(
-            builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, seed=args.seed, shuffle_buffer=args.tfds_shuffle_buffer, cache_raw=args.tfds_cache_raw, **common
-        )
-        return ip.iterate_torch(ds)
+        ds = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, **train_kw)
+        batches = ip.iterate_torch(ds)
+        # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see utils/mixup.py).
+        return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, args.seed, epoch, start_step)
 
-    num_classes = builder.info.features["label"].num_classes if "label" in builder.info.features else args.num_classes
     return Data(
         kind="image",
         steps_per_epoch=steps_per_epoch,

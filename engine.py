@@ -19,6 +19,7 @@ from torch import nn
 from optim_factory import Schedule
 from utils import checkpoint as ckpt
 from utils.device import Runtime
+from utils.ema import ModelEma
 from utils.logging import MetricLogger, format_duration
 
 log = logging.getLogger("train")
@@ -38,9 +39,16 @@ class Position:
 
 
 def train_step(
-    model: nn.Module, task, optimizer: torch.optim.Optimizer, runtime: Runtime, clip_grad: float, batch: dict[str, torch.Tensor], nonfinite_t: torch.Tensor
+    model: nn.Module,
+    task,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    clip_grad: float,
+    batch: dict[str, torch.Tensor],
+    nonfinite_t: torch.Tensor,
+    ema: ModelEma | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step; returns device metrics and the running count of non-finite steps."""
+    """One optimizer step (and the EMA update, if any: part of the same graph); returns device metrics and the running count of non-finite steps."""
     with runtime.autocast():
         loss, extra = task.train_loss(model, batch)
     loss.backward()
@@ -52,6 +60,8 @@ def train_step(
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(runtime.unwrap(model))
     loss = loss.detach()
     # Counted on the device: a host check here would sync every step. The logging closure reads it.
     nonfinite_t = nonfinite_t + (~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float()
@@ -81,8 +91,20 @@ def evaluate(model: nn.Module, task, data, runtime: Runtime, step_fn: Callable |
 class Trainer:
     """Owns the loop state; `fit()` runs epochs from `position` to `args.epochs`."""
 
-    def __init__(self, args: argparse.Namespace, runtime: Runtime, model: nn.Module, task, optimizer: torch.optim.Optimizer, schedule: Schedule, data, logger: MetricLogger, examples_per_step: int):
-        self.args, self.runtime, self.model, self.task = args, runtime, model, task
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        runtime: Runtime,
+        model: nn.Module,
+        task,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        data,
+        logger: MetricLogger,
+        examples_per_step: int,
+        ema: ModelEma | None = None,
+    ):
+        self.args, self.runtime, self.model, self.task, self.ema = args, runtime, model, task, ema
         self.optimizer, self.schedule, self.data, self.logger = optimizer, schedule, data, logger
         self.examples_per_step = examples_per_step
         self.position = Position()
@@ -91,22 +113,28 @@ class Trainer:
         self.last_checked_step = 0
         self.compiles_after_warmup: int | None = None
         self.best: dict[str, float] = {}
-        self._train_fn = runtime.compile(lambda batch, nf: train_step(model, task, optimizer, runtime, args.clip_grad, batch, nf), name="train_step")
+        self._train_fn = runtime.compile(lambda batch, nf: train_step(model, task, optimizer, runtime, args.clip_grad, batch, nf, ema=ema), name="train_step")
         self._eval_fn = runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
+        if ema is not None:
+            self._eval_ema_fn = runtime.compile(lambda batch: eval_step(ema.module, task, runtime, batch), name="eval_ema_step")
 
     # ---- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
+        """The student only: a distillation teacher lives on the task and is never saved here."""
+        state = {
+            "model": self.runtime.unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "position": dataclasses.asdict(self.position),
             "rng": ckpt.get_rng_state(),
             "args": vars(self.args),
             "best": dict(self.best),
         }
+        if self.ema is not None:
+            state["model_ema"] = self.ema.module.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.runtime.unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # keep our schedule bookkeeping if an old file lacks it
             group.setdefault("lr_scale", 1.0)
@@ -114,6 +142,13 @@ class Trainer:
         self.position = Position(**state["position"])
         self.best = dict(state.get("best", {}))
         ckpt.set_rng_state(state["rng"])
+        if self.ema is None:
+            return
+        if "model_ema" in state:
+            self.ema.module.load_state_dict(state["model_ema"])
+        else:
+            log.warning("--model_ema is on but the checkpoint has no EMA weights; the EMA starts over from the resumed model weights")
+            self.ema.set(self.runtime.unwrap(self.model))
 
     def save(self) -> str | None:
         """Checkpoint the current position (main process writes); refuses if training diverged."""
@@ -162,7 +197,12 @@ class Trainer:
         metrics = evaluate(self.model, self.task, self.data, self.runtime, self._eval_fn)
         self.logger.scalars(self.position.global_step, metrics, prefix="eval/")
         log.info("eval after epoch %d: %s (%.1fs)", self.position.epoch, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()), time.perf_counter() - t0)
-        return metrics
+        if self.ema is None or not self.args.model_ema_eval:
+            return metrics
+        ema_metrics = evaluate(self.ema.module, self.task, self.data, self.runtime, self._eval_ema_fn)
+        self.logger.scalars(self.position.global_step, ema_metrics, prefix="eval_ema/")
+        log.info("eval of the EMA weights after epoch %d: %s", self.position.epoch, "  ".join(f"{k} {v:.4g}" for k, v in ema_metrics.items()))
+        return {**metrics, **{f"ema_{k}": v for k, v in ema_metrics.items() if k != "n_examples"}}
 
     def train_epoch(self, epoch: int) -> None:
         args, pos = self.args, self.position
@@ -205,5 +245,5 @@ class Trainer:
 
     def _update_best(self, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
-            if isinstance(v, float) and not math.isnan(v) and k.startswith("acc"):
+            if isinstance(v, float) and not math.isnan(v) and k.startswith(("acc", "ema_acc")):
                 self.best[k] = max(self.best.get(k, v), v)

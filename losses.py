@@ -1,7 +1,7 @@
 """Training losses, one family per section (each under a banner comment).
 
 Shape letters: b batch, s cells in a set, g genes; n and m are the sizes of the two sets compared by a
-set loss (n = m = s for the batch contract), k kernel bandwidths.
+set loss (n = m = s for the batch contract), k kernel bandwidths; c classes (distillation).
 """
 
 # ruff: noqa: F722  (jaxtyping shape strings such as "b s g" are not forward annotations)
@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 
 import beartype
 import torch
-from jaxtyping import Float, jaxtyped
+import torch.nn.functional as F
+from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
 # =====================================================================================================
@@ -273,3 +274,86 @@ def make_set_loss(
 
     set_loss.__qualname__ = set_loss.__name__ = f"set_loss_{name}"
     return set_loss
+
+
+# =====================================================================================================
+# Distillation: student logits [b, c] (or DeiT's (cls, dist) pair) and teacher logits [b, c] -> scalar
+# =====================================================================================================
+#
+# total = (1 - alpha) * base(cls_logits, targets) + alpha * kd(dist_logits, teacher_logits), where a
+# single-head student uses its one head for both terms and a DeiT student with a distillation token
+# gives its class head to the base loss and its distillation head to the KD loss. `targets` are
+# int64 labels [b] or soft targets [b, c] (mixup); the teacher sees the same (mixed) image.
+# The KL is written out with log_softmax: F.kl_div on XLA warns that it has no autograd kernel.
+
+DISTILLATION_TYPES = ("none", "soft", "hard")
+KD_SCALINGS = ("batchmean_t2", "deit")
+
+StudentOutput = Tensor | tuple[Tensor, Tensor]
+
+
+@jaxtyped(typechecker=beartype.beartype)
+def soft_distillation_loss(student_logits_bc: Float[Tensor, "b c"], teacher_logits_bc: Float[Tensor, "b c"], temperature: float, scaling: str = "batchmean_t2") -> Float[Tensor, ""]:
+    """T^2 KL(softmax(teacher / T) || softmax(student / T)), the teacher's distribution as the target.
+
+    `batchmean_t2` (Hinton; timm's LogitDistillationTask and mdistiller): the KL summed over classes,
+    averaged over the batch, times T^2 so that gradient magnitudes stay comparable across T.
+    `deit`: DeiT's `kl_div(..., reduction='sum') * T^2 / numel`, i.e. the same value divided by the
+    number of classes c (1/1000 on ImageNet); keep it only to reproduce DeiT numbers, since at a given
+    alpha it makes the KD term c times weaker.
+    """
+    if scaling not in KD_SCALINGS:
+        raise _unknown("KD scaling", scaling, KD_SCALINGS)
+    t = float(temperature)
+    logp_s_bc = F.log_softmax(student_logits_bc.float() / t, dim=-1)
+    logp_t_bc = F.log_softmax(teacher_logits_bc.detach().float() / t, dim=-1)
+    kl_b = (logp_t_bc.exp() * (logp_t_bc - logp_s_bc)).sum(dim=-1)
+    if scaling == "batchmean_t2":
+        return kl_b.mean() * (t * t)
+    return kl_b.sum() * (t * t) / student_logits_bc.numel()
+
+
+@jaxtyped(typechecker=beartype.beartype)
+def hard_distillation_loss(student_logits_bc: Float[Tensor, "b c"], teacher_logits_bc: Float[Tensor, "b c"]) -> Float[Tensor, ""]:
+    """Cross-entropy against the teacher's argmax (DeiT's hard distillation; no label smoothing)."""
+    return F.cross_entropy(student_logits_bc.float(), teacher_logits_bc.detach().argmax(dim=-1))
+
+
+@jaxtyped(typechecker=beartype.beartype)
+def classification_loss(logits_bc: Float[Tensor, "b c"], targets: Int[Tensor, " b"] | Float[Tensor, "b c"], label_smoothing: float = 0.0) -> Float[Tensor, ""]:
+    """Cross-entropy on int labels or on soft targets (probabilities, e.g. after mixup)."""
+    return F.cross_entropy(logits_bc.float(), targets, label_smoothing=label_smoothing)
+
+
+class DistillationLoss:
+    """`(1 - alpha) * base + alpha * kd` with kd in none | soft | hard; returns (loss, parts to log).
+
+    The teacher is not part of the loss: the caller runs it (frozen, under no_grad) and passes its
+    logits, so the loss is a pure function of tensors and can be checked on hand-made logits.
+    `distillation_type='none'` is the base loss alone (alpha is ignored).
+    """
+
+    def __init__(self, distillation_type: str, alpha: float, temperature: float = 1.0, scaling: str = "batchmean_t2", label_smoothing: float = 0.0):
+        if distillation_type not in DISTILLATION_TYPES:
+            raise _unknown("distillation type", distillation_type, DISTILLATION_TYPES)
+        if scaling not in KD_SCALINGS:
+            raise _unknown("KD scaling", scaling, KD_SCALINGS)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
+        if temperature <= 0:
+            raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        self.distillation_type, self.alpha, self.temperature, self.scaling = distillation_type, float(alpha), float(temperature), scaling
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, outputs: StudentOutput, teacher_logits_bc: Tensor | None, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        cls_logits_bc, dist_logits_bc = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        base = classification_loss(cls_logits_bc, targets, self.label_smoothing)
+        if self.distillation_type == "none":
+            return base, {"loss_base": base.detach()}
+        assert teacher_logits_bc is not None, f"distillation type {self.distillation_type!r} needs the teacher's logits"
+        if self.distillation_type == "soft":
+            kd = soft_distillation_loss(dist_logits_bc, teacher_logits_bc, self.temperature, self.scaling)
+        else:
+            kd = hard_distillation_loss(dist_logits_bc, teacher_logits_bc)
+        loss = (1.0 - self.alpha) * base + self.alpha * kd
+        return loss, {"loss_base": base.detach(), "loss_kd": kd.detach()}

@@ -41,6 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--tfds_num_parallel_calls", type=int, default=-1, help="-1 = AUTOTUNE")
     g.add_argument("--tfds_private_threadpool_size", type=int, default=0, help="0 = TF default")
     g.add_argument("--tfds_skip_decode", action=argparse.BooleanOptionalAction, default=True, help="leave images encoded for the pp string to decode (needed by decode_jpeg_and_inception_crop)")
+    g.add_argument("--tfds_deterministic", action=argparse.BooleanOptionalAction, default=True, help="seeded train batch order (exact resume); off: the parallel map hands out examples as they finish")
     g.add_argument("--big_vision_pp_train", default=None, help="train pp string (default: the dataset's)")
     g.add_argument("--big_vision_pp_eval", default=None, help="eval pp string (default: the dataset's)")
 
@@ -60,8 +61,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip_grad", type=float, default=0.0, help="max global grad norm; 0 = no clipping")
     g.add_argument("--label_smoothing", type=float, default=0.0)
 
+    g = p.add_argument_group("augmentation", "Mixup/CutMix on the host batch before the device transfer (fixed shapes: `labels` float [b, n_classes]); --label_smoothing applies on top, once")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha; > 0 turns mixup on")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha; > 0 turns cutmix on")
+    g.add_argument("--cutmix_minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"), help="cutmix box sides drawn in [MIN, MAX) x image side (turns cutmix on)")
+    g.add_argument("--mixup_prob", type=float, default=1.0, help="probability of mixing a batch (or element, or pair)")
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5, help="probability of cutmix instead of mixup when both are on")
+    g.add_argument("--mixup_mode", default="batch", help="batch | pair | elem: one draw per batch, per pair (i, b-1-i), or per element")
+
+    g = p.add_argument_group("distillation / model EMA")
+    g.add_argument("--kd", action=argparse.BooleanOptionalAction, default=False, help="distil from a frozen teacher (needs --teacher_arch, --teacher_path, --distillation_type soft|hard)")
+    g.add_argument("--distillation_type", default="none", help="none | soft (T^2 KL to the teacher's softened distribution) | hard (CE to the teacher's argmax)")
+    g.add_argument("--teacher_arch", default=None, help="teacher model name (timm or models/)")
+    g.add_argument("--teacher_path", default=None, help="teacher weights: our checkpoint-*.pt, a timm-style state dict or .safetensors")
+    g.add_argument("--teacher_img_size", type=int, default=None, help="teacher img_size (default: the one stored in our checkpoint, else the model's)")
+    g.add_argument("--teacher_dtype", default="fp32", help="fp32 | bf16 (teacher weights and forward in bf16: half the memory and faster on TPU)")
+    g.add_argument("--kd_alpha", type=float, default=0.5, help="loss = (1 - alpha) * CE(labels) + alpha * KD")
+    g.add_argument("--kd_temperature", type=float, default=1.0, help="softmax temperature T of the soft KD loss")
+    g.add_argument("--kd_scaling", default="batchmean_t2", help="batchmean_t2 (KL summed over classes, batch mean, x T^2) | deit (DeiT's sum / numel: the same divided by the class count)")
+    g.add_argument("--model_ema", action=argparse.BooleanOptionalAction, default=False, help="keep an EMA of the weights (updated inside the train step, saved as model_ema)")
+    g.add_argument("--model_ema_decay", type=float, default=0.9998, help="EMA decay per step (the average spans about 1 / (1 - decay) steps)")
+    g.add_argument("--model_ema_eval", action=argparse.BooleanOptionalAction, default=False, help="also evaluate the EMA weights (logged as eval_ema/*)")
+
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | xla")
+    g.add_argument("--parallel", default="auto", help="auto | none | spmd | fsdp | pjrt | ddp (auto: spmd on TPU, ddp under torchrun, else none)")
+    g.add_argument("--fsdp", action="store_true", help="shorthand for --parallel fsdp (FSDPv2 over the SPMD mesh, for models that do not fit per chip)")
+    g.add_argument("--xla_cache_dir", default=None, help="persistent XLA compile cache (pays on TPU)")
     g.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast on XLA and CUDA)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap the steps per epoch (smoke runs)")
@@ -85,10 +111,16 @@ def _check_type(parser: argparse.ArgumentParser, key: str, value, action: argpar
         parser.error(f"config key {key!r} has value {value!r}; use true or false")
     if action.type is None:
         return
-    try:
-        action.type(value)
-    except (TypeError, ValueError):
-        parser.error(f"config key {key!r} has value {value!r}, which is not a valid {action.type.__name__}")
+    items = [value]
+    if action.nargs not in (None, "?") and isinstance(value, list):  # e.g. cutmix_minmax: [0.2, 0.8]
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            parser.error(f"config key {key!r} has value {value!r}; expected a list of {action.nargs}")
+        items = value
+    for item in items:
+        try:
+            action.type(item)
+        except (TypeError, ValueError):
+            parser.error(f"config key {key!r} has value {value!r}, which is not a valid {action.type.__name__}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,6 +167,66 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--eval_batch_size must be > 0, got {args.eval_batch_size}")
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch <= 0:
         parser.error(f"--max_steps_per_epoch must be > 0, got {args.max_steps_per_epoch}")
+    validate_distillation_args(parser, args)
+    validate_augmentation_args(parser, args)
+
+
+def validate_augmentation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Mixup/CutMix and label smoothing: probabilities in [0, 1], a sane box range, image data only."""
+    from utils import mixup as mixup_lib
+
+    _check_choice(parser, "mixup_mode", args.mixup_mode, mixup_lib.MODES)
+    for flag in ("mixup", "cutmix"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} (an alpha) must be >= 0, got {getattr(args, flag)}")
+    for flag in ("mixup_prob", "mixup_switch_prob"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.cutmix_minmax is not None:
+        lo, hi = args.cutmix_minmax
+        if not 0.0 < lo < hi <= 1.0:
+            parser.error(f"--cutmix_minmax needs 0 < MIN < MAX <= 1, got {lo} {hi}")
+    if mixup_lib.is_enabled(args) and args.data_set not in ("digits", "tfds"):
+        parser.error(f"--mixup/--cutmix mix images; --data_set {args.data_set} has none")
+
+
+def _check_choice(parser: argparse.ArgumentParser, flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    parser.error(f"--{flag} {value!r} is not one of {', '.join(choices)}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+def validate_distillation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """KD and EMA flags: a teacher flag without --kd (or --kd without a teacher) would silently train something else."""
+    from losses import DISTILLATION_TYPES, KD_SCALINGS
+
+    _check_choice(parser, "distillation_type", args.distillation_type, DISTILLATION_TYPES)
+    _check_choice(parser, "kd_scaling", args.kd_scaling, KD_SCALINGS)
+    _check_choice(parser, "teacher_dtype", args.teacher_dtype, ("fp32", "bf16"))
+    if not 0.0 <= args.kd_alpha <= 1.0:
+        parser.error(f"--kd_alpha must be in [0, 1], got {args.kd_alpha}")
+    if args.kd_temperature <= 0:
+        parser.error(f"--kd_temperature must be > 0, got {args.kd_temperature}")
+    if args.kd:
+        if args.distillation_type == "none":
+            parser.error("--kd needs --distillation_type soft or hard, got none")
+        for flag in ("teacher_arch", "teacher_path"):
+            if not getattr(args, flag):
+                parser.error(f"--kd needs --{flag} (the teacher's model name and its trained weights)")
+        if not os.path.isfile(args.teacher_path):
+            parser.error(f"--teacher_path {args.teacher_path!r} does not exist; pass a checkpoint-*.pt from a teacher run, a timm-style state dict or a .safetensors file")
+    else:
+        given = [f"--{k}" for k in ("teacher_arch", "teacher_path", "teacher_img_size") if getattr(args, k) is not None]
+        given += ["--distillation_type"] if args.distillation_type != "none" else []
+        if given:
+            parser.error(f"{', '.join(given)} given without --kd; add --kd to distil, or drop them")
+    if not 0.0 < args.model_ema_decay < 1.0:
+        parser.error(f"--model_ema_decay must be in (0, 1), got {args.model_ema_decay}")
+    if args.model_ema_eval and not args.model_ema:
+        parser.error("--model_ema_eval needs --model_ema (there are no EMA weights to evaluate)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,9 +241,29 @@ def main(argv: list[str] | None = None) -> dict:
     # Runtime first: on XLA it imports torch_xla before anything imports TensorFlow.
     from utils.device import make_runtime
 
-    runtime = make_runtime(args.device, args.precision)
+    if args.fsdp:
+        args.parallel = "fsdp"
+    if args.parallel == "pjrt":
+        import torch_xla
+
+        # One process per local device (TPU v4+: one per chip); every process runs run() on its own share.
+        torch_xla.launch(_pjrt_worker, args=(args,))
+        return {}
+    runtime = make_runtime(args.device, args.precision, args.parallel, args.xla_cache_dir)
     setup_logging(runtime.is_main)
-    return run(args, runtime)
+    try:
+        return run(args, runtime)
+    finally:
+        runtime.close()
+
+
+def _pjrt_worker(index: int, args: argparse.Namespace) -> None:
+    from utils.device import make_runtime
+    from utils.logging import setup_logging
+
+    runtime = make_runtime(args.device, args.precision, "pjrt", args.xla_cache_dir)
+    setup_logging(runtime.is_main)
+    run(args, runtime)
 
 
 def run(args: argparse.Namespace, runtime) -> dict:
@@ -166,11 +278,15 @@ def run(args: argparse.Namespace, runtime) -> dict:
     from utils import checkpoint as ckpt
     from utils.logging import MetricLogger
 
-    if args.batch_size % runtime.world_size or args.eval_batch_size % runtime.world_size:
-        raise ValueError(f"--batch_size {args.batch_size} and --eval_batch_size {args.eval_batch_size} must divide by the {runtime.world_size} processes; pick a multiple of {runtime.world_size}")
+    split = max(runtime.world_size, runtime.n_devices)
+    for flag, value in (("--batch_size", args.batch_size), ("--eval_batch_size", args.eval_batch_size)):
+        if value % split:
+            raise ValueError(
+                f"{flag} {value} does not divide over {runtime.world_size} process(es) x {runtime.n_devices // runtime.world_size} device(s) each; pick a multiple of {split}, e.g. {(value // split + 1) * split}"
+            )
     torch.manual_seed(args.seed)
     log.info("runtime: %s", runtime.describe())
-    log.info("batch: %d global, %d per process", args.batch_size, args.batch_size // runtime.world_size)
+    log.info("batch: %d global, %d per process, %d per device", args.batch_size, args.batch_size // runtime.world_size, args.batch_size // split)
     data = datasets.build_data(args, runtime.rank, runtime.world_size)
     if args.max_steps_per_epoch:
         data.steps_per_epoch = min(data.steps_per_epoch, args.max_steps_per_epoch)
@@ -182,10 +298,11 @@ def run(args: argparse.Namespace, runtime) -> dict:
     if args.init_checkpoint:
         ckpt.load_model_weights(model, args.init_checkpoint, what="--init_checkpoint")
     model.to(runtime.device)
+    model = runtime.wrap_model(model)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s, %.2fM parameters, %d classes", args.model, n_params / 1e6, num_classes)
 
-    optimizer = make_optimizer(model, args.opt, args.lr, args.weight_decay, momentum=args.momentum, layer_decay=args.layer_decay)
+    optimizer = make_optimizer(runtime.unwrap(model), args.opt, args.lr, args.weight_decay, momentum=args.momentum, layer_decay=args.layer_decay)
     total_steps = args.epochs * data.steps_per_epoch
     schedule = Schedule(
         total_steps=total_steps,
@@ -196,14 +313,26 @@ def run(args: argparse.Namespace, runtime) -> dict:
         weight_decay=args.weight_decay,
         weight_decay_end=args.weight_decay_end,
     )
-    task = ClassificationTask(runtime, label_smoothing=args.label_smoothing)
+    if args.kd:
+        from tasks.distillation import make_distillation_task
+
+        # After the optimizer: the teacher's weights must never be in it, nor in the EMA or the checkpoint.
+        task = make_distillation_task(args, runtime, model, num_classes)
+    else:
+        task = ClassificationTask(runtime, label_smoothing=args.label_smoothing)
+    ema = None
+    if args.model_ema:
+        from utils.ema import ModelEma
+
+        ema = ModelEma(runtime.unwrap(model), args.model_ema_decay)
+        log.info("model EMA: decay %g, updated inside the train step%s", args.model_ema_decay, ", evaluated as eval_ema/*" if args.model_ema_eval else "")
 
     if runtime.is_main and args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "args.yaml"), "w") as fd:
             yaml.safe_dump(get_resolved_config(args), fd, sort_keys=False)
     logger = MetricLogger(args.output_dir, runtime.is_main, total_steps, tensorboard=args.tensorboard)
-    trainer = engine.Trainer(args, runtime, model, task, optimizer, schedule, data, logger, examples_per_step=args.batch_size)
+    trainer = engine.Trainer(args, runtime, model, task, optimizer, schedule, data, logger, examples_per_step=args.batch_size, ema=ema)
     found = ckpt.find_resume(args.resume, args.output_dir)
     if found:
         fpath, state = found

@@ -14,14 +14,17 @@ class SmallCNN(nn.Module):
     timm backbone.
     """
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.0, **kwargs):
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.0, norm: str = "batch", **kwargs):
         super().__init__()
         assert not kwargs, f"SmallCNN got unknown arguments {sorted(kwargs)}"
+        assert norm in ("batch", "group"), f"norm must be batch or group, got {norm!r}"
+        # GroupNorm makes every example independent of its batch: data-parallel runs then equal one big batch exactly.
+        make_norm = nn.BatchNorm2d if norm == "batch" else (lambda c: nn.GroupNorm(min(8, c), c))
         layers, c_in = [], in_chans
         for i, c_out in enumerate(widths):
             stride = 1 if i == 0 else 2
-            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
-            layers += [nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), make_norm(c_out), nn.GELU()]
+            layers += [nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), make_norm(c_out), nn.GELU()]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.num_features = c_in

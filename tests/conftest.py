@@ -15,6 +15,14 @@ from utils import import_order  # noqa: E402
 import_order.setup_import_order()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _xla_device_first():
+    """Start the PJRT device before any test runs a CPU backward: the other order breaks the next XLA backward (torch_xla harness gotcha, INTERNAL ASSERT device_ready_queues_)."""
+    import torch_xla
+
+    torch_xla.device()
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> str:
     """A TFDS data dir with the embedded digits dataset prepared in it."""

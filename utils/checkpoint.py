@@ -131,11 +131,28 @@ def get_model_state(state: dict) -> dict:
 
 
 def load_model_weights(model: torch.nn.Module, fpath: str, strict: bool = True, what: str = "model") -> None:
-    """Load weights with a clear error that names the missing and unexpected keys."""
-    sd = get_model_state(load_file(fpath))
+    """Load weights from a file with a clear error that names the missing, unexpected and mis-shaped keys."""
+    load_model_state(model, get_model_state(load_file(fpath)), source=fpath, strict=strict, what=what)
+
+
+def _first(items: list[str], n: int = 8) -> str:
+    return f"{items[:n]}{' ...' if len(items) > n else ''}"
+
+
+def load_model_state(model: torch.nn.Module, sd: dict, source: str, strict: bool = True, what: str = "model") -> None:
+    """Load a state dict into `model`; a ValueError names the missing, unexpected and mis-shaped keys.
+
+    Shape mismatches are checked first: `load_state_dict` raises a RuntimeError for them even with
+    strict=False, and its message names neither the file nor the fix. They are an error with
+    strict=False too (loading half a tensor is never what anyone means).
+    """
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    result = model.load_state_dict(sd, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
+    own = model.state_dict()
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if mismatched or (strict and (missing or unexpected)):
         raise ValueError(
-            f"{what} weights in {fpath} do not match the architecture: missing keys {result.missing_keys[:8]}{' ...' if len(result.missing_keys) > 8 else ''}, unexpected keys {result.unexpected_keys[:8]}{' ...' if len(result.unexpected_keys) > 8 else ''}"
+            f"{what} weights in {source} do not match the architecture (another model name, --num_classes or --img_size?): size mismatches {_first(mismatched)}, missing keys {_first(missing)}, unexpected keys {_first(unexpected)}"
         )
+    model.load_state_dict(sd, strict=False)

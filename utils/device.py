@@ -6,10 +6,12 @@ branches on the device type.
 """
 
 import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from utils import import_order
@@ -51,13 +53,24 @@ class Runtime:
 
     kind: str  # "cpu" | "cuda" | "xla"
     device: torch.device
-    rank: int = 0
-    world_size: int = 1
+    rank: int = 0  # this process's index for data sharding and I/O
+    world_size: int = 1  # number of processes that each feed their own share of the data
     precision: str = "fp32"
+    parallel: str = "none"
+    n_devices: int = 1  # devices the global batch is split over (SPMD: all chips of all hosts)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    # ---- model ----------------------------------------------------------------------------
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Data-parallel or sharding wrapper (DDP, FSDPv2); the identity when there is none."""
+        return model
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The plain module (timm state_dict names) under any wrapper."""
+        return getattr(model, "module", model)
 
     # ---- data -----------------------------------------------------------------------------
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,16 +121,25 @@ class Runtime:
         return None
 
     def describe(self) -> str:
-        return f"{self.kind} ({self.device}), process {self.rank} of {self.world_size}, precision {self.precision}"
+        return f"{self.kind} ({self.device}), parallel {self.parallel}, process {self.rank} of {self.world_size}, {self.n_devices} device(s) for the global batch, precision {self.precision}"
+
+    def close(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 class XlaRuntime(Runtime):
     """PJRT device (TPU, or CPU with PJRT_DEVICE=CPU for tests)."""
 
-    def __init__(self, precision: str = "fp32"):
+    def __init__(self, precision: str = "fp32", cache_dpath: str | None = None, parallel: str = "none"):
         torch_xla, xm, xr, met = _import_xla()
         self._torch_xla, self._xm, self._xr, self._met = torch_xla, xm, xr, met
-        super().__init__(kind="xla", device=torch_xla.device(), rank=xr.global_ordinal(), world_size=xr.world_size(), precision=precision)
+        if cache_dpath:
+            # Before any computation. One cache per process in multi-process mode; on PJRT CPU deserialisation fails (upstream), so it pays on TPU only.
+            path = cache_dpath if parallel != "pjrt" else os.path.join(cache_dpath, f"proc{xr.global_ordinal()}")
+            xr.initialize_cache(path, readonly=False)
+        world = xr.world_size()
+        super().__init__(kind="xla", device=torch_xla.device(), rank=xr.global_ordinal(), world_size=world, precision=precision, parallel=parallel, n_devices=world)
 
     def device_loader(self, batches):
         import torch_xla.distributed.parallel_loader as pl
@@ -161,15 +183,111 @@ class XlaRuntime(Runtime):
         return int(data[0]) if data else 0
 
 
-def make_runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
-    """Pick the runtime for this process from `--device` and `--precision`."""
+class SpmdRuntime(XlaRuntime):
+    """SPMD over a device mesh: one process per host, one program for all chips.
+
+    Data parallel (`parallel="spmd"`): parameters replicated, the global batch sharded along the `data`
+    mesh axis; the compiler inserts the gradient all-reduce, so the step stays plain PyTorch. FSDPv2
+    (`parallel="fsdp"`): parameters, gradients and optimizer state sharded along the `fsdp` axis too.
+    Each host loads only its slice of the global batch (`minibatch=True` with several hosts).
+    """
+
+    def __init__(self, precision: str = "fp32", cache_dpath: str | None = None, parallel: str = "spmd"):
+        _, _, xr, _ = _import_xla()
+        xr.use_spmd()  # before any XLA tensor exists
+        import torch_xla.distributed.spmd as xs
+
+        super().__init__(precision=precision, cache_dpath=cache_dpath, parallel=parallel)
+        self._xs = xs
+        n = xr.global_runtime_device_count()
+        self.axis = "fsdp" if parallel == "fsdp" else "data"
+        # A 1-D mesh: 2-D meshes reject 1-D inputs (labels, masks) in 2.9's input sharding.
+        self.mesh = xs.Mesh(np.arange(n), (n,), (self.axis,))
+        xs.set_global_mesh(self.mesh)
+        self.rank, self.world_size, self.n_devices = xr.process_index(), xr.process_count(), n
+
+    def wrap_model(self, model):
+        if self.parallel != "fsdp":
+            return model
+        from torch_xla.experimental.spmd_fully_sharded_data_parallel import SpmdFullyShardedDataParallel as FSDPv2
+
+        return FSDPv2(model, mesh=self.mesh)  # mesh is keyword-only in 2.9
+
+    def unwrap(self, model):
+        return getattr(model, "module", model)
+
+    def device_loader(self, batches):
+        import torch_xla.distributed.parallel_loader as pl
+
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return iter(())
+        # Shard every input along its batch dimension; with several hosts each one feeds its own slice.
+        sharding = {k: self._xs.ShardingSpec(self.mesh, (self.axis,) + (None,) * (v.ndim - 1), minibatch=self.world_size > 1) for k, v in first.items()}
+        return iter(pl.MpDeviceLoader(itertools.chain([first], batches), self.device, input_sharding=sharding))
+
+    def reduce_sum(self, t):
+        return t  # one global program: device values are already totals over every host
+
+    def reduce_gradients(self, optimizer):
+        pass  # inserted by the SPMD partitioner
+
+
+class DdpRuntime(Runtime):
+    """torchrun + DistributedDataParallel on CUDA (nccl) or CPU (gloo)."""
+
+    def __init__(self, kind: str, precision: str = "fp32"):
+        backend = "nccl" if kind == "cuda" else "gloo"
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
+        if kind == "cuda":
+            torch.cuda.set_device(device)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend=backend)
+        world = torch.distributed.get_world_size()
+        super().__init__(kind=kind, device=device, rank=torch.distributed.get_rank(), world_size=world, precision=precision, parallel="ddp", n_devices=world)
+
+    def wrap_model(self, model):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[self.device.index] if self.kind == "cuda" else None)
+
+
+PARALLEL = ("auto", "none", "spmd", "fsdp", "pjrt", "ddp")
+
+
+def resolve_parallel(parallel: str, kind: str) -> str:
+    """`auto`: SPMD on TPU, DDP under torchrun (WORLD_SIZE > 1) on CUDA/CPU, else none."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"--parallel {parallel!r} is not one of {', '.join(PARALLEL)}")
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if parallel == "auto":
+        if kind == "xla":
+            return "spmd" if os.environ.get("PJRT_DEVICE", "TPU") == "TPU" and not torchrun else "none"
+        return "ddp" if torchrun else "none"
+    if parallel in ("spmd", "fsdp", "pjrt") and kind != "xla":
+        raise ValueError(f"--parallel {parallel} needs the XLA device (--device xla), got --device {kind}")
+    if parallel == "ddp" and kind == "xla":
+        raise ValueError("--parallel ddp runs on cuda or cpu; on XLA use --parallel spmd (recommended) or pjrt")
+    if parallel == "ddp" and not torchrun:
+        raise ValueError("--parallel ddp needs torchrun (WORLD_SIZE > 1): torchrun --nproc_per_node=N main.py ...")
+    return parallel
+
+
+def make_runtime(device: str = "auto", precision: str = "fp32", parallel: str = "none", xla_cache_dir: str | None = None) -> Runtime:
+    """Pick the runtime for this process from `--device`, `--parallel` and `--precision`."""
     kind = resolve_device(device)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"--precision {precision!r} is not one of fp32, bf16")
+    parallel = resolve_parallel(parallel, kind)
     if kind == "xla":
-        return XlaRuntime(precision=precision)
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
-        return Runtime(kind="cuda", device=torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))), precision=precision)
-    return Runtime(kind="cpu", device=torch.device("cpu"), precision=precision)
+        if parallel in ("spmd", "fsdp"):
+            return SpmdRuntime(precision=precision, cache_dpath=xla_cache_dir, parallel=parallel)
+        return XlaRuntime(precision=precision, cache_dpath=xla_cache_dir, parallel=parallel)
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
+    if parallel == "ddp":
+        return DdpRuntime(kind, precision=precision)
+    device_t = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if kind == "cuda" else torch.device("cpu")
+    return Runtime(kind=kind, device=device_t, precision=precision)

@@ -1,0 +1,114 @@
+"""Knowledge distillation: a frozen teacher's logits as a second target for the student.
+
+The loss is `losses.DistillationLoss`; eval is plain classification of the student (a DeiT student
+with a distillation token averages its two heads in eval mode, timm's forward does that).
+
+The teacher lives on the task, never inside the student: it is not in the optimizer, the EMA or the
+student's checkpoint, and `Trainer.state_dict()` (which saves the student) cannot see it. It sits on
+the same device and runs inside `train_loss`, so on XLA its forward is part of the one compiled train
+step (its weights are device data of that graph, not a second graph). Teacher and student see the
+same input tensor (after mixup, if any); every model here is trained on `value_range(-1, 1)` inputs,
+so no re-normalisation between them is needed.
+"""
+
+import argparse
+import logging
+
+import torch
+from torch import nn
+
+import models
+from losses import DistillationLoss
+from tasks.classification import ClassificationTask
+from utils import checkpoint as ckpt
+from utils.device import Runtime
+
+log = logging.getLogger("train")
+
+TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode (BN running stats, no dropout) and no gradients, for good."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def get_teacher_dtype(name: str, runtime: Runtime) -> torch.dtype:
+    """`fp32` or `bf16`; bf16 needs a device that computes in it (TPU, recent GPUs, CPU eager)."""
+    if name not in TEACHER_DTYPES:
+        raise ValueError(f"--teacher_dtype {name!r} is not one of {', '.join(TEACHER_DTYPES)}")
+    if name == "bf16" and runtime.kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("--teacher_dtype bf16 but this GPU has no bf16 support; use --teacher_dtype fp32")
+    return TEACHER_DTYPES[name]
+
+
+def make_teacher(arch: str, fpath: str, num_classes: int, runtime: Runtime, dtype: torch.dtype = torch.float32, img_size: int | None = None) -> nn.Module:
+    """Build `arch` with `num_classes`, load `fpath` strictly, freeze it and move it to the device.
+
+    `fpath` is one of our checkpoints (the model weights, not its EMA), a timm-style state dict or a
+    `.safetensors` file. Our checkpoints store their config: a different model name there is an error,
+    and its `img_size` is used unless `img_size` is given. Wrong architecture, class count or weights
+    fail here, naming the missing, unexpected and mis-shaped keys.
+    """
+    state = ckpt.load_file(fpath)
+    saved_args = state.get("args") if isinstance(state.get("args"), dict) else {}
+    saved_model = saved_args.get("model")
+    if saved_model and saved_model != arch:
+        raise ValueError(f"--teacher_path {fpath} is a checkpoint of {saved_model!r} but --teacher_arch is {arch!r}; pass --teacher_arch {saved_model}")
+    if img_size is None:
+        img_size = saved_args.get("img_size")
+    teacher = models.create_model(arch, num_classes=num_classes, img_size=img_size)
+    ckpt.load_model_state(teacher, ckpt.get_model_state(state), source=fpath, what="teacher")
+    teacher.to(device=runtime.device, dtype=dtype)
+    n_params = sum(p.numel() for p in teacher.parameters())
+    log.info("teacher: %s from %s, %.2fM parameters, %d classes, %s", arch, fpath, n_params / 1e6, num_classes, str(dtype).removeprefix("torch."))
+    return freeze(teacher)
+
+
+def setup_student(model: nn.Module) -> bool:
+    """Turn on the distillation-token head of a DeiT-style student; returns whether it has one."""
+    if not hasattr(model, "set_distilled_training"):
+        return False
+    model.set_distilled_training(True)
+    return True
+
+
+class DistillationTask(ClassificationTask):
+    """Classification whose train loss also pulls the student towards a frozen teacher's logits."""
+
+    def __init__(self, runtime: Runtime, teacher: nn.Module, criterion: DistillationLoss, teacher_dtype: torch.dtype = torch.float32):
+        super().__init__(runtime, label_smoothing=criterion.label_smoothing)
+        self.teacher = freeze(teacher)
+        self.criterion = criterion
+        self.teacher_dtype = teacher_dtype
+        assert all(p.dtype == teacher_dtype for p in teacher.parameters()), f"teacher weights are not {teacher_dtype}"
+
+    def teacher_logits(self, image_bchw: torch.Tensor) -> torch.Tensor:
+        # The engine switches only the student between train and eval; the teacher must never leave eval mode.
+        assert not self.teacher.training, "the teacher was put in train mode"
+        with torch.no_grad():
+            return self.teacher(image_bchw.to(self.teacher_dtype)).float()
+
+    def train_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher_logits_bc = self.teacher_logits(batch["image"])
+        outputs = model(batch["image"])
+        return self.criterion(outputs, teacher_logits_bc, self.targets(batch))
+
+
+def make_distillation_task(args: argparse.Namespace, runtime: Runtime, model: nn.Module, num_classes: int) -> DistillationTask:
+    """The task for `--kd`: teacher from `--teacher_arch`/`--teacher_path`, loss from the KD flags."""
+    dtype = get_teacher_dtype(args.teacher_dtype, runtime)
+    teacher = make_teacher(args.teacher_arch, args.teacher_path, num_classes, runtime, dtype=dtype, img_size=args.teacher_img_size)
+    has_token = setup_student(runtime.unwrap(model))
+    criterion = DistillationLoss(args.distillation_type, args.kd_alpha, args.kd_temperature, scaling=args.kd_scaling, label_smoothing=args.label_smoothing)
+    log.info(
+        "distillation: %s, alpha %g, T %g, scaling %s, %s",
+        args.distillation_type,
+        args.kd_alpha,
+        args.kd_temperature,
+        args.kd_scaling,
+        "class head -> labels, distillation token head -> teacher" if has_token else "one head for labels and teacher",
+    )
+    return DistillationTask(runtime, teacher, criterion, teacher_dtype=dtype)

@@ -1,0 +1,91 @@
+"""Data parallel runtimes agree with one device at the same global batch.
+
+- SPMD data parallel and FSDPv2 on 4 virtual PJRT CPU devices (CPU_NUM_DEVICES=4, one process): per-step losses equal the single-device run, FSDPv2's checkpoint loads into a plain model.
+- torchrun + DDP with 2 CPU processes (gloo) equals 1 process.
+Each run is a fresh subprocess: SPMD and the device count are fixed per process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from utils import checkpoint as ckpt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RTOL = 1e-4  # float32 reductions run in a different order when sharded
+
+
+def _run(cmd: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PJRT_DEVICE": "CPU", **env_extra}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def _assert_same_weights(got: dict, want: dict, lr: float) -> None:
+    """Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise can flip its sign and move that one weight by up to ~lr, so the bulk is compared tightly and the worst element against the LR."""
+    for k, v in want.items():
+        diff = (got[k].double() - v.double()).abs()
+        assert diff.mean() < 1e-6 and diff.max() <= lr, (k, diff.mean().item(), diff.max().item())
+
+
+def _losses(out_dpath) -> list[float]:
+    rows = [json.loads(x) for x in open(os.path.join(out_dpath, "metrics.jsonl"))]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+@pytest.mark.slow
+@pytest.mark.xla
+def test_spmd_and_fsdp_match_one_device(digits_dir, tmp_path):
+    common = [
+        sys.executable,
+        "main.py",
+        "--device",
+        "xla",
+        "--model",
+        "tiny_cnn",
+        "--epochs",
+        "1",
+        "--max_steps_per_epoch",
+        "4",
+        "--log_every",
+        "1",
+        "--batch_size",
+        "32",
+        "--tfds_data_dir",
+        digits_dir,
+    ]
+    runs = {"none": {}, "spmd": {"CPU_NUM_DEVICES": "4"}, "fsdp": {"CPU_NUM_DEVICES": "4"}}
+    results = {}
+    for parallel, env in runs.items():
+        out = tmp_path / parallel
+        r = _run([*common, "--parallel", parallel, "--output_dir", str(out)], env)
+        if parallel != "none":
+            assert "4 device(s) for the global batch" in r.stdout and "8 per device" in r.stdout
+        results[parallel] = (_losses(out), ckpt.list_checkpoints(str(out))[0][1])
+    base_losses, base_fpath = results["none"]
+    assert len(base_losses) == 4
+    for parallel in ("spmd", "fsdp"):
+        assert results[parallel][0] == pytest.approx(base_losses, rel=RTOL), parallel
+    # FSDPv2 checkpoint -> a plain model, same weights as the single-device run.
+    plain = models.create_model("tiny_cnn", num_classes=10)
+    ckpt.load_model_weights(plain, results["fsdp"][1])
+    base = ckpt.load_file(base_fpath)["model"]
+    _assert_same_weights(plain.state_dict(), base, lr=1e-3)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes_match_one(tmp_path):
+    results = {}
+    for n in (1, 2):
+        out = tmp_path / f"ddp{n}.pt"
+        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "tests/ddp_worker.py", str(out)], {"OMP_NUM_THREADS": "1"})
+        results[n] = torch.load(out, weights_only=True)
+    assert results[2]["world_size"] == 2
+    assert results[2]["losses"] == pytest.approx(results[1]["losses"], rel=1e-5)
+    _assert_same_weights(results[2]["model"], results[1]["model"], lr=1e-2)

@@ -1,0 +1,385 @@
+"""Cell-set batches from `.h5ad` files: (context, perturbation) groups, matched control sets, held-out perturbations, per-process splits, background prefetch.
+
+One example is a set of `cells_per_set` perturbed cells of one (file, context, perturbation) group plus a control set of the same size drawn from the controls of the same file and context (cell-load's `random` mapping: controls are never matched across files). Batches follow the cell-set batch contract of DESIGN.md: `ctrl` and `target` float32 [b, s, g], `pert` and `cell_line` int64 [b], `_mask` bool [b].
+
+Training: each group is shuffled and cut into sets every epoch (the last set of a group overlaps the one before it so no set repeats a cell; a group smaller than a set is sampled with replacement), the global list is shuffled with a generator keyed by (seed, epoch), and process i of n takes a disjoint slice. Eval: one fixed set per held-out group, dealt round-robin to processes and padded with `_mask=False` rows to whole batches, so every held-out group counts exactly once and every batch has one shape.
+
+Shape letters: b sets per batch, s cells per set, g genes, t sets in a list.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import difflib
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from utils import h5ad
+
+log = logging.getLogger(__name__)
+
+# Second words of the seed keys, so the streams for different purposes never coincide.
+_KEY_TRAIN, _KEY_CTRL, _KEY_EVAL, _KEY_SPLIT = 0, 1, 2, 3
+PREFETCH_BATCHES = 2  # bounded: a batch of 16 sets x 2 x 512 cells x 18k genes is ~1.2 GB
+READ_THREADS = 1  # one reader thread already keeps ahead of a device step here; on 2 busy cores a second one cost more CPU per set than it saved (tools/bench_h5ad.py --read_threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    file_idx: int
+    context: int  # index into context_names
+    pert: int  # index into pert_names
+    rows: np.ndarray  # sorted rows of the file
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSet:
+    """Row indices of one example: perturbed cells `rows_s` and matched controls `ctrl_s`, both in file `file_idx`."""
+
+    file_idx: int
+    pert: int
+    context: int
+    rows_s: np.ndarray
+    ctrl_s: np.ndarray
+    mask: bool = True
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+def _sample(rng: np.random.Generator, pool: np.ndarray, size: int) -> np.ndarray:
+    """`size` rows of the pool: without replacement when it is big enough, with replacement otherwise."""
+    return pool[rng.choice(len(pool), size, replace=len(pool) < size)]
+
+
+def _prefetch(chunks: Iterator[list[CellSet]], read: Callable[[list[CellSet]], dict[str, torch.Tensor]], depth: int, threads: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Read batches on a small thread pool, up to `depth` ahead, and yield them in order, so the training step never waits on file reads.
+
+    numpy's gathers, scipy's densify and HDF5 reads release the GIL, so the threads overlap reads with each other and with the device step; a read's exception surfaces in the consumer, and closing the iterator cancels what is queued.
+    """
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cellset-read")
+    try:
+        for chunk in chunks:
+            pending.append(executor.submit(read, chunk))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+class CellSetData:
+    """Cell-set batches for this process; build it with `make_cellset_data`."""
+
+    def __init__(
+        self,
+        files: list[h5ad.H5adFile],
+        *,
+        groups: list[Group],
+        control_pools: dict[tuple[int, int], np.ndarray],
+        pert_names: list[str],
+        context_names: list[str],
+        gene_names: list[str],
+        eval_pert_names: list[str],
+        cells_per_set: int,
+        batch_size: int,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        prefetch: int = PREFETCH_BATCHES,
+        read_threads: int = READ_THREADS,
+    ) -> None:
+        self.files = files
+        self.pert_names, self.context_names, self.gene_names = pert_names, context_names, gene_names
+        self.n_perts, self.n_contexts, self.n_genes = len(pert_names), len(context_names), len(gene_names)
+        self.control_index = 0
+        self.eval_pert_names = eval_pert_names
+        self.cells_per_set, self.batch_size, self.seed = cells_per_set, batch_size, seed
+        self.process_index, self.process_count, self.prefetch, self.read_threads = process_index, process_count, prefetch, read_threads
+        self.control_pools = control_pools
+        eval_codes = {pert_names.index(p) for p in eval_pert_names}
+        self.train_groups = [g for g in groups if g.pert not in eval_codes]
+        self.eval_groups = [g for g in groups if g.pert in eval_codes]
+        s = cells_per_set
+        self.n_train_sets = sum(-(-len(g.rows) // s) for g in self.train_groups)
+        self.sets_per_process = self.n_train_sets // process_count
+        self.steps_per_epoch = self.sets_per_process // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.n_train_sets} training sets of {s} cells cannot fill one batch of {batch_size} sets on each of {process_count} processes; lower --batch_size or --cells_per_set")
+        self.n_small_train_groups = sum(len(g.rows) < s for g in self.train_groups)
+        self.n_small_eval_groups = sum(len(g.rows) < s for g in self.eval_groups)
+        self.n_small_control_pools = sum(len(p) < s for p in control_pools.values())
+        self.n_eval_sets = len(self.eval_groups)
+        per_round = batch_size * process_count
+        self.eval_steps = -(-self.n_eval_sets // per_round)  # batches per process, equal on all processes
+        self._eval_sets = self._make_eval_sets()
+
+    def iter_train_sets(self, epoch: int) -> Iterator[CellSet]:
+        """This process's `steps_per_epoch * batch_size` training sets of `epoch`, in order."""
+        s = self.cells_per_set
+        rng = _rng(self.seed, _KEY_TRAIN, epoch)
+        group_t: list[np.ndarray] = []
+        rows_parts: list[np.ndarray] = []
+        for gi, group in enumerate(self.train_groups):
+            n = len(group.rows)
+            if n < s:
+                rows_ts = rng.choice(group.rows, s, replace=True)[None, :]
+            else:
+                perm = rng.permutation(group.rows)
+                # The last set ends at the group's end and overlaps the previous one instead of repeating cells within a set.
+                starts_t = np.minimum(np.arange(-(-n // s)) * s, n - s)
+                rows_ts = perm[starts_t[:, None] + np.arange(s)]
+            rows_parts.append(rows_ts)
+            group_t.append(np.full(len(rows_ts), gi))
+        all_rows_ts = np.concatenate(rows_parts)
+        all_group_t = np.concatenate(group_t)
+        assert len(all_rows_ts) == self.n_train_sets, (len(all_rows_ts), self.n_train_sets)
+        order_t = rng.permutation(self.n_train_sets)
+        first = self.process_index * self.sets_per_process
+        for set_id in order_t[first : first + self.steps_per_epoch * self.batch_size]:
+            group = self.train_groups[all_group_t[set_id]]
+            # Controls keyed by (seed, epoch, set id): a set's content does not depend on the number of processes.
+            ctrl_s = _sample(_rng(self.seed, _KEY_CTRL, epoch, set_id), self.control_pools[group.file_idx, group.context], s)
+            yield CellSet(group.file_idx, group.pert, group.context, all_rows_ts[set_id], ctrl_s)
+
+    def _make_eval_sets(self) -> list[CellSet]:
+        sets = []
+        for gi, group in enumerate(self.eval_groups):
+            rng = _rng(self.seed, _KEY_EVAL, gi)
+            rows_s = _sample(rng, group.rows, self.cells_per_set)
+            ctrl_s = _sample(rng, self.control_pools[group.file_idx, group.context], self.cells_per_set)
+            sets.append(CellSet(group.file_idx, group.pert, group.context, rows_s, ctrl_s))
+        return sets
+
+    def eval_sets(self) -> list[CellSet]:
+        """This process's eval sets: round-robin over the held-out groups, padded with masked copies of the first set to `eval_steps` full batches."""
+        n_slots = self.eval_steps * self.batch_size * self.process_count
+        out = []
+        for slot in range(self.process_index, n_slots, self.process_count):
+            if slot < self.n_eval_sets:
+                out.append(self._eval_sets[slot])
+            else:
+                out.append(dataclasses.replace(self._eval_sets[0], mask=False))
+        return out
+
+    def make_batch(self, sets: list[CellSet]) -> dict[str, torch.Tensor]:
+        """Read a list of sets into one contract batch, straight into the output buffer; with several files, sets are grouped by file (stable) so each file fills contiguous rows."""
+        sets = sorted(sets, key=lambda x: x.file_idx)
+        b, s, g = len(sets), self.cells_per_set, self.n_genes
+        buf_2bsg = np.empty((2, b, s, g), np.float32)  # [0] controls, [1] perturbed cells; every row is written by the reader
+        file_b = np.array([x.file_idx for x in sets])
+        if len(set(file_b.tolist())) == 1:
+            rows_n = np.concatenate([x.ctrl_s for x in sets] + [x.rows_s for x in sets])
+            self.files[sets[0].file_idx].read_rows_into(rows_n.astype(np.int64), buf_2bsg.reshape(2 * b * s, g))
+        else:
+            for f in np.unique(file_b):
+                sel_b = np.flatnonzero(file_b == f)
+                first, last = int(sel_b[0]), int(sel_b[-1]) + 1
+                for half, attr in ((0, "ctrl_s"), (1, "rows_s")):
+                    rows_n = np.concatenate([getattr(sets[i], attr) for i in sel_b]).astype(np.int64)
+                    self.files[f].read_rows_into(rows_n, buf_2bsg[half, first:last].reshape(-1, g))
+        return {
+            "ctrl": torch.from_numpy(buf_2bsg[0]),
+            "target": torch.from_numpy(buf_2bsg[1]),
+            "pert": torch.tensor([x.pert for x in sets], dtype=torch.int64),
+            "cell_line": torch.tensor([x.context for x in sets], dtype=torch.int64),
+            "_mask": torch.tensor([x.mask for x in sets], dtype=torch.bool),
+        }
+
+    def _chunks(self, sets: Iterator[CellSet]) -> Iterator[list[CellSet]]:
+        chunk: list[CellSet] = []
+        for x in sets:
+            chunk.append(x)
+            if len(chunk) == self.batch_size:
+                yield chunk
+                chunk = []
+        assert not chunk, f"{len(chunk)} sets left over: set lists are whole batches by construction"
+
+    def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`steps_per_epoch` batches of this process for `epoch`, read ahead on background threads."""
+        return _prefetch(self._chunks(self.iter_train_sets(epoch)), self.make_batch, self.prefetch, self.read_threads)
+
+    def eval_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """`eval_steps` batches of this process (the same on every call); padding rows have `_mask` False."""
+        return _prefetch(self._chunks(iter(self.eval_sets())), self.make_batch, self.prefetch, self.read_threads)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+def _align_genes(files: list[h5ad.H5adFile], gene_vocab: str | None, log_info: Callable[..., None]) -> list[str]:
+    """Map every file onto one gene order (the vocab's, or the first file's) and return that order's names."""
+    if gene_vocab is not None:
+        vocab = h5ad.read_gene_vocab(gene_vocab)
+        for f in files:
+            gene_map = h5ad.make_gene_map(vocab, f.gene_symbols, f.gene_ids, vocab_name=gene_vocab, h5ad_fpath=f.fpath)
+            log_info(
+                "%s: gene vocab %s: %d matched, %d ambiguous symbols, %d missing (zeros) of %d vocab genes",
+                f.fpath,
+                gene_vocab,
+                gene_map.n_matched,
+                gene_map.n_ambiguous,
+                gene_map.n_missing,
+                len(vocab),
+            )
+            f.set_gene_map(gene_map)
+        return vocab
+    first = files[0]
+    for f in files[1:]:
+        use_ids = first.gene_ids is not None and f.gene_ids is not None
+        keys, other = (first.gene_ids, f.gene_ids) if use_ids else (first.gene_symbols, f.gene_symbols)
+        if keys == other:
+            continue
+        if sorted(keys) != sorted(other) or len(set(keys)) != len(keys):
+            only_first, only_other = sorted(set(keys) - set(other)), sorted(set(other) - set(keys))
+            raise ValueError(
+                f"{f.fpath} and {first.fpath} have different genes ({len(only_first)} only in the first, e.g. {only_first[:3]}; {len(only_other)} only in {f.fpath}, e.g. {only_other[:3]}); pass --gene_vocab to map all files onto one gene list"
+            )
+        f.set_gene_map(h5ad.make_gene_map(keys, f.gene_symbols, f.gene_ids, vocab_name=first.fpath, h5ad_fpath=f.fpath))
+    return list(first.gene_symbols)
+
+
+def _read_eval_perts(fpath: str, pert_names: list[str], control_label: str) -> list[str]:
+    if not os.path.isfile(fpath):
+        raise FileNotFoundError(f"--eval_perts file not found: {fpath}")
+    with open(fpath) as fd:
+        labels = sorted({line.strip() for line in fd if line.strip()})
+    if not labels:
+        raise ValueError(f"--eval_perts file {fpath} lists no perturbation")
+    for label in labels:
+        if label == control_label:
+            raise ValueError(f"--eval_perts file {fpath} lists the control label {control_label!r}; controls are never held out")
+        if label not in pert_names:
+            raise ValueError(f"--eval_perts file {fpath}: perturbation {label!r} has no cells in the h5ad files; close matches: {difflib.get_close_matches(label, pert_names, n=3, cutoff=0.5)}")
+    return labels
+
+
+def make_cellset_data(
+    h5ad_paths: list[str],
+    *,
+    pert_col: str = "target_gene",
+    context_col: str = "cell_line",
+    control_label: str = "non-targeting",
+    cells_per_set: int = 64,
+    batch_size: int,
+    transform: str = "auto",
+    gene_vocab: str | None = None,
+    in_memory: bool = False,
+    eval_perts: str | None = None,
+    eval_frac: float = 0.0,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = PREFETCH_BATCHES,
+    read_threads: int = READ_THREADS,
+) -> CellSetData:
+    """Open and validate the files, build groups and control pools, hold out perturbations, and return this process's `CellSetData`."""
+    if not h5ad_paths:
+        raise ValueError("--h5ad_path needs at least one .h5ad file")
+    assert 0 <= process_index < process_count, (process_index, process_count)
+    if cells_per_set < 1 or batch_size < 1:
+        raise ValueError(f"--cells_per_set ({cells_per_set}) and --batch_size ({batch_size}) must be >= 1")
+    if not 0.0 <= eval_frac < 1.0:
+        raise ValueError(f"--eval_frac must be in [0, 1), got {eval_frac}")
+    if eval_perts is not None and eval_frac > 0:
+        raise ValueError("pass either --eval_perts or --eval_frac, not both")
+    is_main = process_index == 0
+    log_info = log.info if is_main else log.debug
+    files = [h5ad.H5adFile(p, pert_col=pert_col, context_col=context_col, control_label=control_label, transform=transform, in_memory=in_memory, log_info=is_main) for p in h5ad_paths]
+    gene_names = _align_genes(files, gene_vocab, log_info)
+
+    # Global label spaces: perturbations with cells in any file (control first), contexts sorted.
+    counts_per_file = [np.bincount(f.pert_codes_n[f.pert_codes_n >= 0], minlength=len(f.pert_categories)) for f in files]
+    labels = {f.pert_categories[i] for f, c in zip(files, counts_per_file, strict=True) for i in np.flatnonzero(c)}
+    pert_names = [control_label] + sorted(labels - {control_label})
+    contexts = {f.context_categories[i] for f in files for i in np.unique(f.context_codes_n[f.context_codes_n >= 0])}
+    context_names = sorted(contexts)
+    pert_index = {p: i for i, p in enumerate(pert_names)}  # dicts: genome-wide screens have ~10^4 labels
+    context_index = {c: i for i, c in enumerate(context_names)}
+
+    groups: list[Group] = []
+    control_pools: dict[tuple[int, int], np.ndarray] = {}
+    n_missing = 0
+    for fi, f in enumerate(files):
+        pert_map = np.array([pert_index.get(c, -1) for c in f.pert_categories] + [-1], np.int64)
+        context_map = np.array([context_index.get(c, -1) for c in f.context_categories] + [-1], np.int64)
+        pert_n, context_n = pert_map[f.pert_codes_n], context_map[f.context_codes_n]  # code -1 (missing) hits the trailing -1
+        valid_n = (pert_n >= 0) & (context_n >= 0)
+        n_missing += int((~valid_n).sum())
+        rows_v = np.flatnonzero(valid_n)
+        key_v = context_n[rows_v] * len(pert_names) + pert_n[rows_v]
+        order_v = np.argsort(key_v, kind="stable")  # stable: rows stay sorted within a group
+        rows_v, key_v = rows_v[order_v], key_v[order_v]
+        bounds = np.flatnonzero(np.diff(key_v)) + 1
+        for rows in np.split(rows_v, bounds):
+            if len(rows) == 0:
+                continue
+            context, pert = divmod(int(context_n[rows[0]] * len(pert_names) + pert_n[rows[0]]), len(pert_names))
+            if pert == 0:
+                control_pools[fi, context] = rows
+            else:
+                groups.append(Group(fi, context, pert, rows))
+    for g in groups:
+        if (g.file_idx, g.context) not in control_pools:
+            raise ValueError(f"{files[g.file_idx].fpath}: context {context_names[g.context]!r} has perturbed cells but no {control_label!r} cells to match them with")
+    if n_missing:
+        log_info("skipped %d cells with a missing %s or %s", n_missing, pert_col, context_col)
+
+    if eval_perts is not None:
+        eval_pert_names = _read_eval_perts(eval_perts, pert_names, control_label)
+    elif eval_frac > 0:
+        candidates = pert_names[1:]
+        n_eval = max(1, round(eval_frac * len(candidates)))
+        if n_eval >= len(candidates):
+            raise ValueError(f"--eval_frac {eval_frac} holds out all {len(candidates)} perturbations; nothing left to train on")
+        eval_pert_names = sorted(_rng(seed, _KEY_SPLIT).choice(candidates, n_eval, replace=False).tolist())
+    else:
+        eval_pert_names = []
+    data = CellSetData(
+        files,
+        groups=groups,
+        control_pools=control_pools,
+        pert_names=pert_names,
+        context_names=context_names,
+        gene_names=gene_names,
+        eval_pert_names=eval_pert_names,
+        cells_per_set=cells_per_set,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        prefetch=prefetch,
+        read_threads=read_threads,
+    )
+    n_by_ctx = collections.Counter(context_names[g.context] for g in data.train_groups)
+    log_info(
+        "cell sets: %d files, %d contexts, %d perturbations (%d held out), %d train groups %s, %d eval groups, %d genes",
+        len(files),
+        data.n_contexts,
+        data.n_perts - 1,
+        len(eval_pert_names),
+        len(data.train_groups),
+        dict(n_by_ctx),
+        len(data.eval_groups),
+        data.n_genes,
+    )
+    log_info("cell sets: %d train sets of %d cells per epoch, %d steps per epoch per process, %d eval batches per process", data.n_train_sets, cells_per_set, data.steps_per_epoch, data.eval_steps)
+    if data.n_small_train_groups or data.n_small_eval_groups or data.n_small_control_pools:
+        log_info(
+            "cell sets: groups smaller than a set are sampled with replacement: %d of %d train groups, %d of %d eval groups, %d of %d control pools",
+            data.n_small_train_groups,
+            len(data.train_groups),
+            data.n_small_eval_groups,
+            len(data.eval_groups),
+            data.n_small_control_pools,
+            len(control_pools),
+        )
+    return data
