@@ -10,10 +10,14 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from utils import mixup as mixup_lib
+
+if TYPE_CHECKING:
+    from utils.cell_sets import CellSetData
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,11 @@ DIGITS_PP_EVAL = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
 # Same recipe shape as big_vision's ImageNet configs.
 IMAGENET_PP_TRAIN = 'decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")'
 IMAGENET_PP_EVAL = 'decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|keep("image", "label")'
+# The embedded cell-set dataset: a seeded simulated screen (tools/simulate_h5ad.py), written on first use when `--h5ad_path` names this path (relative to the working directory, like `--output_dir`).
+SIM_H5AD_FPATH = os.path.join("data", "sim_vcc.h5ad")
+SIM_H5AD_KWARGS = {"n_cells": 20_000, "n_genes": 1_000, "n_contexts": 3, "n_perts": 48, "seed": 0}
+# Held-out perturbations are what the cell metrics are computed on: without --eval_perts or --eval_frac, this seeded fraction is held out.
+DEFAULT_EVAL_FRAC = 0.2
 
 Batch = dict[str, torch.Tensor]
 
@@ -40,6 +49,7 @@ class Data:
     make_eval_batches: Callable[[], Iterator[Batch]]
     num_classes: int = 0
     info: dict = dataclasses.field(default_factory=dict)
+    cells: "CellSetData | None" = None  # kind "cellset": genes, perturbation and context names, the training-perturbation mean
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         return self.make_train_batches(epoch, start_step)
@@ -118,10 +128,79 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
     )
 
 
+def prepare_sim_h5ad(fpath: str) -> None:
+    """Write the embedded simulated screen to `fpath` if it is not there yet (a few seconds); atomic, so concurrent processes agree."""
+    if os.path.isfile(fpath):
+        return
+    from tools import simulate_h5ad
+
+    log.info("generating the embedded simulated screen %s with tools/simulate_h5ad.py %s", fpath, SIM_H5AD_KWARGS)
+    tmp_fpath = f"{fpath}.tmp{os.getpid()}"
+    simulate_h5ad.simulate_h5ad(tmp_fpath, **SIM_H5AD_KWARGS)
+    os.replace(tmp_fpath, fpath)
+
+
+def _build_h5ad(args: argparse.Namespace, process_index: int, process_count: int) -> Data:
+    from utils import cell_sets
+
+    if not args.h5ad_path:
+        raise ValueError(f"--data_set h5ad needs --h5ad_path FILE [FILE ...] (or {SIM_H5AD_FPATH}, the embedded simulated screen, generated on first use)")
+    if args.eval_batch_size != args.batch_size:
+        raise ValueError(f"cell sets are evaluated in batches of --batch_size ({args.batch_size}); drop --eval_batch_size ({args.eval_batch_size})")
+    for fpath in args.h5ad_path:
+        if not os.path.isfile(fpath) and os.path.normpath(fpath) == SIM_H5AD_FPATH:
+            prepare_sim_h5ad(fpath)
+    eval_frac = args.eval_frac
+    if args.eval_perts is None and not eval_frac:
+        eval_frac = DEFAULT_EVAL_FRAC
+        log.info("no --eval_perts or --eval_frac: holding out a seeded --eval_frac %g of the perturbations (--seed %d) for the eval metrics", eval_frac, args.seed)
+    cells = cell_sets.make_cellset_data(
+        args.h5ad_path,
+        pert_col=args.pert_col,
+        context_col=args.context_col,
+        control_label=args.control_label,
+        cells_per_set=args.cells_per_set,
+        batch_size=args.batch_size // process_count,
+        transform=args.h5ad_transform,
+        gene_vocab=args.gene_vocab,
+        in_memory=args.h5ad_in_memory,
+        eval_perts=args.eval_perts,
+        eval_frac=eval_frac,
+        eval_contexts=args.eval_contexts,
+        seed=args.seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    if cells.n_eval_sets == 0:
+        where = "any context" if args.eval_contexts is None else f"--eval_contexts {args.eval_contexts}"
+        raise ValueError(f"no held-out cells: perturbations {cells.eval_pert_names[:10]} have no cells in {where}; the eval metrics need held-out perturbations (--eval_perts FILE or --eval_frac F)")
+    held_out = cells.eval_pert_names
+    info = {
+        "files": list(args.h5ad_path),
+        "n_cells": sum(f.n_cells for f in cells.files),
+        "n_genes": cells.n_genes,
+        "n_perts": cells.n_perts - 1,
+        "contexts": cells.context_names,
+        "held_out_perts": held_out if len(held_out) <= 12 else [*held_out[:12], f"... {len(held_out)} in all"],
+        "held_out_in": "every context" if cells.eval_context_names is None else cells.eval_context_names,
+        "small_groups": {"train": cells.n_small_train_groups, "eval": cells.n_small_eval_groups, "control_pools": cells.n_small_control_pools},
+    }
+    return Data(
+        kind="cellset",
+        steps_per_epoch=cells.steps_per_epoch,
+        n_eval_batches=cells.eval_steps,
+        n_eval_examples=cells.n_eval_sets,
+        make_train_batches=cells.train_batches,
+        make_eval_batches=cells.eval_batches,
+        info=info,
+        cells=cells,
+    )
+
+
 def build_data(args: argparse.Namespace, process_index: int = 0, process_count: int = 1) -> Data:
     """The dataset named by `--data_set`, for process `process_index` of `process_count`."""
     if args.data_set in ("digits", "tfds"):
         return _build_tfds(args, process_index, process_count)
     if args.data_set == "h5ad":
-        raise NotImplementedError("--data_set h5ad is not wired yet")
+        return _build_h5ad(args, process_index, process_count)
     raise ValueError(f"--data_set {args.data_set!r} is not one of {', '.join(DATA_SETS)}")

@@ -4,7 +4,19 @@
 update) and returns device tensors only; on XLA it is compiled as one graph. `fit` only schedules,
 logs (through step closures: values reach the host every `log_every` steps and never inside the
 step), evaluates and checkpoints.
+
+Stopping: during `fit`, SIGTERM and SIGINT only set a flag (`utils.preemption.StopSignals`); the
+step in flight finishes, a checkpoint of that step is written and `TrainingStopped` is raised. With
+one process the flag is read after every step (a Python bool: free). With several, all of them must
+stop at the same step, or the ones still training hang in their next collective and the checkpoint
+mixes steps; so the flag is summed over processes, and only at log points (every `log_every` steps)
+and epoch ends, where values are read on the host anyway: on XLA a reduction read every step would
+sync the host with the device every step. The price is that a multi-process run stops up to
+`log_every` steps after the signal; keep `log_every` x step time well under the grace period between
+SIGTERM and SIGKILL (30 s on preemptible GCE/TPU VMs).
 """
+
+import signal
 
 import argparse
 import dataclasses
@@ -18,6 +30,7 @@ from torch import nn
 
 from optim_factory import Schedule
 from utils import checkpoint as ckpt
+from utils import preemption
 from utils.device import Runtime
 from utils.ema import ModelEma
 from utils.logging import MetricLogger, format_duration
@@ -111,7 +124,11 @@ class Trainer:
         self.nonfinite_t = torch.zeros((), device=runtime.device)
         self.failure: str | None = None
         self.last_checked_step = 0
+        self.stop = preemption.StopSignals()
+        self.stopping = False  # every process agreed to stop after the current step
+        self._saved: tuple[int, str] | None = None  # (step, path) of the last checkpoint written
         self.compiles_after_warmup: int | None = None
+        self._warm = {"train": False, "eval": False, "save": False}  # graphs each kind of work compiles once
         self.best: dict[str, float] = {}
         self._train_fn = runtime.compile(lambda batch, nf: train_step(model, task, optimizer, runtime, args.clip_grad, batch, nf, ema=ema), name="train_step")
         self._eval_fn = runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
@@ -125,7 +142,7 @@ class Trainer:
             "model": self.runtime.unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "position": dataclasses.asdict(self.position),
-            "rng": ckpt.get_rng_state(),
+            "rng": {**ckpt.get_rng_state(), **self.runtime.get_rng_state()},
             "args": vars(self.args),
             "best": dict(self.best),
         }
@@ -142,6 +159,7 @@ class Trainer:
         self.position = Position(**state["position"])
         self.best = dict(state.get("best", {}))
         ckpt.set_rng_state(state["rng"])
+        self.runtime.set_rng_state(state["rng"])
         if self.ema is None:
             return
         if "model_ema" in state:
@@ -155,7 +173,10 @@ class Trainer:
         self._check_finite()
         if not self.runtime.is_main or not self.args.output_dir:
             return None
+        if self._saved is not None and self._saved[0] == self.position.global_step:
+            return self._saved[1]  # this step is saved already (--save_every_steps, then a stop signal)
         fpath = ckpt.save_checkpoint(self.state_dict(), self.args.output_dir, self.position.global_step, keep_last=self.args.keep_last)
+        self._saved = (self.position.global_step, fpath)
         log.info("saved %s", fpath)
         return fpath
 
@@ -164,9 +185,23 @@ class Trainer:
         values = {k: float(v.item()) for k, v in out.items()}
         if float(nonfinite_t.item()) > 0 and self.failure is None:
             self.failure = f"loss became nan or inf between steps {self.last_checked_step} and {step}"
+        self._check_recompiles(self.last_checked_step, step)
         self.last_checked_step = step
         values["lr"] = lr
         self.logger.train_progress(step, epoch, self.args.epochs, values, self.examples_per_step)
+
+    def _check_recompiles(self, step_a: int, step_b: int) -> None:
+        """After warm-up, name the step range of any new compile (read in the logging closure: no extra sync)."""
+        n = self.runtime.compile_count()
+        if n is None or self.compiles_after_warmup is None or n <= self.compiles_after_warmup:
+            return
+        log.warning(
+            "xla: %d new compile(s) between steps %d and %d after warm-up; likely cause: a batch with another shape (a partial last batch, a different eval batch size), a Python number that changes per step baked into the graph, or a host read (.item(), print) inside the step. Rerun with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
+            n - self.compiles_after_warmup,
+            step_a,
+            step_b,
+        )
+        self.compiles_after_warmup = n
 
     def _check_finite(self) -> None:
         if self.failure is None and float(self.nonfinite_t.item()) > 0:
@@ -181,8 +216,8 @@ class Trainer:
         transfers = self.runtime.transfer_count()
         log.info("xla: %d graphs compiled so far, %d device-to-host transfers (epoch %d)", n, transfers, epoch + 1)
         self.logger.scalars(self.position.global_step, {"compiles": n, "transfers": transfers}, prefix="xla/")
-        if self.compiles_after_warmup is None:
-            self.compiles_after_warmup = n  # warm-up: the first epoch compiles the train and eval steps
+        if not all(self._warm.values()):
+            self.compiles_after_warmup = n  # still warming up: the first train epoch, eval and checkpoint each compile their graphs once
         elif n > self.compiles_after_warmup:
             log.warning(
                 "xla: %d new compiles during epoch %d (after warm-up); a shape or a Python value changed between steps: run with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
@@ -220,25 +255,61 @@ class Trainer:
                 self._check_finite()
             if args.save_every_steps and pos.global_step % args.save_every_steps == 0 and pos.step_in_epoch < steps:
                 self.save()
-            if pos.step_in_epoch == steps:
+            if pos.step_in_epoch == steps or self._should_stop(sync=pos.global_step % args.log_every == 0):
                 break
+        if self.stopping and pos.step_in_epoch < steps:
+            return  # stopped mid-epoch: the checkpoint resumes this epoch at step_in_epoch
         assert pos.step_in_epoch == steps, f"epoch {epoch} ended after {pos.step_in_epoch} of {steps} steps: the input pipeline ran dry"
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
 
+    def _should_stop(self, sync: bool) -> bool:
+        """Whether every process stops after this step; `sync`: all processes are at a point where they may agree (see the module docstring)."""
+        if self.stopping:
+            return True
+        if self.runtime.world_size == 1:
+            self.stopping = self.stop.requested
+        elif sync:
+            self.stopping = self.runtime.any_process(self.stop.requested)
+        return self.stopping
+
+    def _stop(self) -> None:
+        """Checkpoint the step just finished and raise `TrainingStopped` (the CLI exits 128 + signal number)."""
+        pos, args = self.position, self.args
+        signum = self.stop.signum or signal.SIGTERM  # no signal here: another process got one
+        fpath = self.save()
+        who = f"stopped by {signal.Signals(signum).name}" if self.stop.requested else "stopped because another process received a stop signal"
+        where = f"epoch {pos.epoch + 1}, step {pos.step_in_epoch} of {self.data.steps_per_epoch}" if pos.step_in_epoch else f"end of epoch {pos.epoch}"
+        saved = f"checkpoint {fpath}" if fpath else ("checkpoint written by the main process" if args.output_dir else "no checkpoint (--output_dir is empty)")
+        message = f"{who} after step {pos.global_step} ({where}); {saved}; to continue, rerun the same command with --resume auto --output_dir {args.output_dir}"
+        log.warning(message)
+        raise preemption.TrainingStopped(message, signum, pos.global_step, fpath, args.output_dir)
+
     def fit(self) -> dict[str, float]:
+        """Train to `args.epochs`; SIGTERM/SIGINT stop it cleanly (checkpoint, then `TrainingStopped`). The previous handlers are back on return."""
+        with self.stop:
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         args = self.args
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         start_epoch = self.position.epoch
+        if start_epoch >= args.epochs:
+            metrics = self.evaluate()  # resumed from the last step (a stop after the final step): nothing to train, report the eval
         for epoch in range(start_epoch, args.epochs):
             self.train_epoch(epoch)
+            if self._should_stop(sync=True):
+                self._stop()
+            self._warm["train"] = True
             last = epoch + 1 == args.epochs
             if last or (args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0):
                 metrics = self.evaluate()
                 self._update_best(metrics)
-            self._report_compiles(epoch)
+                self._warm["eval"] = True
             if last or (args.save_every_epochs and (epoch + 1) % args.save_every_epochs == 0):
                 self.save()
+                self._warm["save"] = True
+            self._report_compiles(epoch)
         self._check_finite()
         log.info("training done in %s", format_duration(time.perf_counter() - t0))
         return metrics

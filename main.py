@@ -45,6 +45,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--big_vision_pp_train", default=None, help="train pp string (default: the dataset's)")
     g.add_argument("--big_vision_pp_eval", default=None, help="eval pp string (default: the dataset's)")
 
+    g = p.add_argument_group("h5ad / cell sets", "Perturbation screens in .h5ad files (--data_set h5ad): one example is a set of perturbed cells of one (context, perturbation) plus a matched set of control cells")
+    g.add_argument("--h5ad_path", nargs="+", default=None, metavar="PATH", help="one or more .h5ad files; data/sim_vcc.h5ad is the embedded simulated screen, generated on first use")
+    g.add_argument("--pert_col", default="target_gene", help="obs column with the perturbation label")
+    g.add_argument("--context_col", default="cell_line", help="obs column with the context (cell line)")
+    g.add_argument("--control_label", default="non-targeting", help="perturbation label of the control cells")
+    g.add_argument("--cells_per_set", type=int, default=64, help="cells in a perturbed set and in its control set")
+    g.add_argument("--h5ad_transform", default="auto", help="auto | log1p (raw counts: normalize_total 1e4 + log1p) | none (X used as stored)")
+    g.add_argument("--gene_vocab", default=None, help="text file, one gene (Ensembl id or symbol) per line: map every file onto this gene order")
+    g.add_argument("--h5ad_in_memory", action=argparse.BooleanOptionalAction, default=False, help="load X into RAM once (compressed files)")
+    g.add_argument("--eval_perts", default=None, help="text file of held-out perturbations, one per line")
+    g.add_argument("--eval_frac", type=float, default=0.0, help="hold out this seeded fraction of the perturbations (0 and no --eval_perts: 0.2)")
+    g.add_argument("--eval_contexts", nargs="+", default=None, metavar="CONTEXT", help="hold the eval perturbations out in these contexts only; they train in the others (context transfer). Default: held out in every context (unseen perturbations)")
+
+    g = p.add_argument_group("MMD / set loss", "Per-set loss between predicted and observed cells (losses.make_set_loss)")
+    g.add_argument("--set_loss", default="energy", help="energy | rbf | sinkhorn | mse (set means only)")
+    g.add_argument("--mmd_estimator", default="biased", help="biased (V-statistic) | unbiased (U-statistic), for energy and rbf")
+    g.add_argument("--mmd_sigmas", type=float, nargs="+", default=None, help="rbf bandwidths (default: median heuristic per set x 0.25..4)")
+    g.add_argument("--sinkhorn_blur", type=float, default=0.05, help="sinkhorn blur (eps = blur^2)")
+    g.add_argument("--sinkhorn_iters", type=int, default=50)
+    g.add_argument("--set_loss_state_parity", action=argparse.BooleanOptionalAction, default=False, help="halve the biased energy distance (geomloss / STATE convention)")
+    g.add_argument("--mean_mse_weight", type=float, default=0.0, help="add this weight x MSE between the set means (pseudobulks)")
+
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=15)
     g.add_argument("--batch_size", type=int, default=64, help="global batch size (all processes together)")
@@ -169,6 +191,34 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--max_steps_per_epoch must be > 0, got {args.max_steps_per_epoch}")
     validate_distillation_args(parser, args)
     validate_augmentation_args(parser, args)
+    validate_cellset_args(parser, args)
+
+
+def validate_cellset_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """h5ad and set-loss flags: valid choices and ranges, and no image-only (or cell-only) flag with the other kind of data."""
+    from losses import make_set_loss
+    from utils.h5ad import TRANSFORMS
+
+    _check_choice(parser, "h5ad_transform", args.h5ad_transform, TRANSFORMS)
+    try:  # the loss checks its own flags (names, estimator, bandwidths, sinkhorn, state parity)
+        make_set_loss(args.set_loss, estimator=args.mmd_estimator, sigmas=args.mmd_sigmas, blur=args.sinkhorn_blur, sinkhorn_iters=args.sinkhorn_iters, state_parity=args.set_loss_state_parity, mean_mse_weight=args.mean_mse_weight)
+    except ValueError as e:
+        parser.error(f"--set_loss and the MMD flags: {e}")
+    if args.cells_per_set < 1:
+        parser.error(f"--cells_per_set must be >= 1, got {args.cells_per_set}")
+    if not 0.0 <= args.eval_frac < 1.0:
+        parser.error(f"--eval_frac must be in [0, 1), got {args.eval_frac}")
+    if args.eval_perts is not None and args.eval_frac > 0:
+        parser.error("pass either --eval_perts or --eval_frac, not both")
+    if args.data_set != "h5ad":
+        if args.h5ad_path:
+            parser.error(f"--h5ad_path given with --data_set {args.data_set}; add --data_set h5ad to train on cell sets")
+        return
+    image_flags = [f"--{k}" for k in ("num_classes", "img_size", "drop_path_rate") if getattr(args, k) is not None]
+    if image_flags:
+        parser.error(f"{', '.join(image_flags)} apply to image models; --data_set h5ad builds the set model from the data (genes, perturbations, contexts)")
+    if args.kd:
+        parser.error("--kd distils classifier logits; --data_set h5ad trains a set model (no teacher logits)")
 
 
 def validate_augmentation_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -266,6 +316,13 @@ def _pjrt_worker(index: int, args: argparse.Namespace) -> None:
     run(args, runtime)
 
 
+def get_model_kwargs(args: argparse.Namespace, data) -> dict:
+    """Model constructor arguments: classes and image options for images; the data's genes, perturbations and contexts for cell sets."""
+    if data.kind == "cellset":
+        return {"n_genes": data.cells.n_genes, "n_perts": data.cells.n_perts, "n_contexts": data.cells.n_contexts, "dropout": args.drop_rate}
+    return {"num_classes": args.num_classes or data.num_classes, "drop_rate": args.drop_rate, "drop_path_rate": args.drop_path_rate, "img_size": args.img_size}
+
+
 def run(args: argparse.Namespace, runtime) -> dict:
     """Wire data, model, optimizer and engine for this process, then train."""
     import torch
@@ -293,14 +350,14 @@ def run(args: argparse.Namespace, runtime) -> dict:
     log.info("data: %s, %d steps per epoch, %d eval examples in %d batches", data.info, data.steps_per_epoch, data.n_eval_examples, data.n_eval_batches)
 
     num_classes = args.num_classes or data.num_classes
-    model_kwargs = {"num_classes": num_classes, "drop_rate": args.drop_rate, "drop_path_rate": args.drop_path_rate, "img_size": args.img_size}
+    model_kwargs = get_model_kwargs(args, data)
     model = models.create_model(args.model, **model_kwargs)
     if args.init_checkpoint:
         ckpt.load_model_weights(model, args.init_checkpoint, what="--init_checkpoint")
     model.to(runtime.device)
     model = runtime.wrap_model(model)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %s, %.2fM parameters, %d classes", args.model, n_params / 1e6, num_classes)
+    log.info("model: %s, %.2fM parameters, %s", args.model, n_params / 1e6, ", ".join(f"{k} {v}" for k, v in model_kwargs.items() if v is not None))
 
     optimizer = make_optimizer(runtime.unwrap(model), args.opt, args.lr, args.weight_decay, momentum=args.momentum, layer_decay=args.layer_decay)
     total_steps = args.epochs * data.steps_per_epoch
@@ -313,7 +370,11 @@ def run(args: argparse.Namespace, runtime) -> dict:
         weight_decay=args.weight_decay,
         weight_decay_end=args.weight_decay_end,
     )
-    if args.kd:
+    if data.kind == "cellset":
+        from tasks.cellset import make_cellset_task
+
+        task = make_cellset_task(args, data.cells)
+    elif args.kd:
         from tasks.distillation import make_distillation_task
 
         # After the optimizer: the teacher's weights must never be in it, nor in the EMA or the checkpoint.

@@ -4,7 +4,12 @@ Train: each process reads a disjoint, equal-sized part of the split (`tfds.even_
 drop_remainder), files are shuffled and examples shuffled with a seed derived from (seed, epoch),
 then preprocessed and batched with drop_remainder, so every step has the same shape. The dataset is
 rebuilt per epoch: this makes the order a pure function of (seed, epoch), which is what exact
-resume replays (skipping `start_step` batches before preprocessing is ever run on them).
+resume replays (skipping `start_step` batches before preprocessing is ever run on them). Random pp
+ops (crops, flips, randaug) draw from stateless TF ops keyed by (seed, epoch, process, index of the
+example in the epoch's order) (`big_vision.pp.utils.example_seed`), so an example's augmentation
+does not depend on which thread of the parallel map runs it, nor on the examples skipped before it:
+a resumed epoch gives bit-identical batches. This needs `deterministic=True` (the default), which
+keeps the parallel map's output order.
 
 Eval: every example is seen exactly once across processes. Each process reads its part
 (`even_splits` without drop_remainder), and the stream is padded with `_mask=False` examples up to
@@ -23,6 +28,7 @@ import tensorflow_datasets as tfds
 import torch
 
 from big_vision.pp import builder as pp_builder
+from big_vision.pp import utils as pp_utils
 from big_vision.tf_import import tf
 
 AUTOTUNE = -1
@@ -34,6 +40,19 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 def _make_pp(pp_str: str) -> Callable[[dict], dict]:
     """The pp function for tf.data; ops are plain TF already, so AutoGraph conversion is skipped."""
     return tf.autograph.experimental.do_not_convert(pp_builder.get_preprocess_fn(pp_str))
+
+
+def _make_seeded_pp(pp_str: str, epoch_seed: int, process_index: int) -> Callable[[tf.Tensor, dict], dict]:
+    """The pp function over `(index, example)`: random ops draw from stateless streams keyed by (epoch_seed, process, index)."""
+    pp = pp_builder.get_preprocess_fn(pp_str)
+    base_t = tf.constant([epoch_seed, process_index], tf.int64)
+
+    @tf.autograph.experimental.do_not_convert
+    def seeded_pp(index: tf.Tensor, example: dict) -> dict:
+        with pp_utils.example_seed(tf.random.experimental.stateless_fold_in(base_t, index)):
+            return pp(example)
+
+    return seeded_pp
 
 
 def _list_prepared(data_dpath: str) -> list[str]:
@@ -132,9 +151,10 @@ def make_train_dataset(
         ds = ds.cache()
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.enumerate()  # before skip: an example's index (its random-op seed) is its place in the epoch's order
     if start_step:
         ds = ds.skip(start_step * batch_size)  # before pp: skipped examples are never decoded
-    ds = ds.map(_make_pp(pp_str), num_parallel_calls=num_parallel_calls)
+    ds = ds.map(_make_seeded_pp(pp_str, epoch_seed, process_index), num_parallel_calls=num_parallel_calls)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.with_options(_options(num_parallel_calls, private_threadpool_size, deterministic))
     return ds.prefetch(prefetch)

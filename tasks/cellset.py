@@ -12,15 +12,21 @@ Sets whose perturbation is the control (`control_index`) count in the set loss b
 Shape letters: b batch, s cells in a set, g genes, p perturbations.
 """
 
+import argparse
 import collections
+import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from losses import mean_mse
+from losses import make_set_loss, mean_mse
 from utils import metrics
+from utils.cell_sets import CellSetData
+
+log = logging.getLogger("train")
 
 
 def _masked_mean(x_b: torch.Tensor, mask_b: torch.Tensor) -> torch.Tensor:
@@ -78,6 +84,32 @@ class CellSetTask:
 
     def make_eval_accumulator(self) -> "CellSetAccumulator":
         return CellSetAccumulator(self)
+
+
+def make_cellset_task(args: argparse.Namespace, cells: CellSetData) -> CellSetTask:
+    """The task for `--data_set h5ad`: set loss from the MMD flags, names from the data, and the mean-of-perturbations baseline from the training sets."""
+    set_loss = make_set_loss(
+        args.set_loss,
+        estimator=args.mmd_estimator,
+        sigmas=args.mmd_sigmas,
+        blur=args.sinkhorn_blur,
+        sinkhorn_iters=args.sinkhorn_iters,
+        state_parity=args.set_loss_state_parity,
+        mean_mse_weight=args.mean_mse_weight,
+    )
+    t0 = time.perf_counter()
+    train_pert_mean_g = cells.get_train_pert_mean()
+    log.info("cell sets: mean-of-perturbations baseline from the training perturbations of the eval contexts (%.1fs)", time.perf_counter() - t0)
+    log.info("set loss: %s (%s)%s", args.set_loss, args.mmd_estimator, f" + {args.mean_mse_weight:g} x set-mean MSE" if args.mean_mse_weight > 0 else "")
+    return CellSetTask(
+        set_loss,
+        n_perts=cells.n_perts,
+        control_index=cells.control_index,
+        gene_names=cells.gene_names,
+        pert_names=cells.pert_names,
+        context_names=cells.context_names,
+        train_pert_mean_g=train_pert_mean_g,
+    )
 
 
 class CellSetAccumulator:

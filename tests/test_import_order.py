@@ -26,4 +26,4 @@ def test_tensorflow_first_is_a_clear_error_not_an_llvm_abort():
     r = _run("import tensorflow\nfrom utils.device import make_runtime\nmake_runtime('xla')")
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     assert "tensorflow was imported before torch_xla" in r.stderr
-    assert "RuntimeError: tensorflow was imported before torch_xla" in r.stderr, "a Python error, not an abort"
+    assert "ImportOrderError: tensorflow was imported before torch_xla" in r.stderr, "a Python error (a RuntimeError), not an abort"

@@ -20,6 +20,9 @@ def _load_photos() -> list[tuple[str, np.ndarray]]:
     photos = []
     for name in PHOTO_NAMES:
         im = np.asarray(getattr(skimage.data, name)())
+        if im.dtype == bool:  # horse is a binary silhouette
+            im = im.astype(np.uint8) * 255
+        assert im.dtype == np.uint8, f"skimage.data.{name} is {im.dtype}, expected uint8"
         if im.ndim == 2:
             im = np.stack([im] * 3, axis=-1)
         photos.append((name, np.ascontiguousarray(im[..., :3]).astype(np.uint8)))
@@ -63,7 +66,7 @@ class BenchJpegs(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"), "label": tfds.features.ClassLabel(num_classes=len(PHOTO_NAMES))}),
+            features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"), "label": tfds.features.ClassLabel(names=PHOTO_NAMES)}),
             supervised_keys=("image", "label"),
         )
 

@@ -11,6 +11,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import difflib
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from utils import h5ad
 log = logging.getLogger(__name__)
 
 # Second words of the seed keys, so the streams for different purposes never coincide.
-_KEY_TRAIN, _KEY_CTRL, _KEY_EVAL, _KEY_SPLIT = 0, 1, 2, 3
+_KEY_TRAIN, _KEY_CTRL, _KEY_EVAL, _KEY_SPLIT, _KEY_BASELINE = 0, 1, 2, 3, 4
 PREFETCH_BATCHES = 2  # bounded: a batch of 16 sets x 2 x 512 cells x 18k genes is ~1.2 GB
 READ_THREADS = 1  # one reader thread already keeps ahead of a device step here; on 2 busy cores a second one cost more CPU per set than it saved (tools/bench_h5ad.py --read_threads)
 
@@ -89,6 +90,7 @@ class CellSetData:
         gene_names: list[str],
         eval_pert_names: list[str],
         cells_per_set: int,
+        eval_context_names: list[str] | None = None,
         batch_size: int,
         seed: int,
         process_index: int,
@@ -101,12 +103,15 @@ class CellSetData:
         self.n_perts, self.n_contexts, self.n_genes = len(pert_names), len(context_names), len(gene_names)
         self.control_index = 0
         self.eval_pert_names = eval_pert_names
+        self.eval_context_names = eval_context_names  # None: held out in every context
         self.cells_per_set, self.batch_size, self.seed = cells_per_set, batch_size, seed
         self.process_index, self.process_count, self.prefetch, self.read_threads = process_index, process_count, prefetch, read_threads
         self.control_pools = control_pools
         eval_codes = {pert_names.index(p) for p in eval_pert_names}
-        self.train_groups = [g for g in groups if g.pert not in eval_codes]
-        self.eval_groups = [g for g in groups if g.pert in eval_codes]
+        eval_contexts = set(range(len(context_names))) if eval_context_names is None else {context_names.index(c) for c in eval_context_names}
+        is_eval = [g.pert in eval_codes and g.context in eval_contexts for g in groups]
+        self.train_groups = [g for g, e in zip(groups, is_eval, strict=True) if not e]
+        self.eval_groups = [g for g, e in zip(groups, is_eval, strict=True) if e]
         s = cells_per_set
         self.n_train_sets = sum(-(-len(g.rows) // s) for g in self.train_groups)
         self.sets_per_process = self.n_train_sets // process_count
@@ -202,9 +207,27 @@ class CellSetData:
                 chunk = []
         assert not chunk, f"{len(chunk)} sets left over: set lists are whole batches by construction"
 
-    def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """`steps_per_epoch` batches of this process for `epoch`, read ahead on background threads."""
-        return _prefetch(self._chunks(self.iter_train_sets(epoch)), self.make_batch, self.prefetch, self.read_threads)
+    def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches `start_step` to `steps_per_epoch` of this process for `epoch`, read ahead on background threads; skipped batches are never read (exact resume)."""
+        assert 0 <= start_step <= self.steps_per_epoch, (start_step, self.steps_per_epoch)
+        sets = itertools.islice(self.iter_train_sets(epoch), start_step * self.batch_size, None)
+        return _prefetch(self._chunks(sets), self.make_batch, self.prefetch, self.read_threads)
+
+    def get_train_pert_mean(self, *, max_groups: int = 256, cells_per_group: int = 64) -> np.ndarray:
+        """Mean over training perturbations of their pseudobulks, float64 [g]: cell-eval's mean-of-perturbations baseline.
+
+        Only the training groups of the eval contexts count (all contexts when perturbations are held out everywhere), so the baseline knows the held-out context as well as the model does. Estimated from up to `max_groups` groups (seeded) of up to `cells_per_group` cells each: a few thousand rows, cheap even for genome-wide screens.
+        """
+        eval_contexts = {g.context for g in self.eval_groups}
+        pool = [g for g in self.train_groups if not eval_contexts or g.context in eval_contexts]
+        assert pool, "no training perturbation in the eval contexts"
+        rng = _rng(self.seed, _KEY_BASELINE)
+        picked = [pool[i] for i in sorted(rng.choice(len(pool), min(max_groups, len(pool)), replace=False))]
+        bulk_qg = np.empty((len(picked), self.n_genes), np.float64)
+        for q, group in enumerate(picked):
+            rows = np.sort(rng.choice(group.rows, min(cells_per_group, len(group.rows)), replace=False))
+            bulk_qg[q] = self.files[group.file_idx].read_rows(rows).mean(axis=0, dtype=np.float64)
+        return bulk_qg.mean(axis=0)
 
     def eval_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """`eval_steps` batches of this process (the same on every call); padding rows have `_mask` False."""
@@ -275,13 +298,17 @@ def make_cellset_data(
     in_memory: bool = False,
     eval_perts: str | None = None,
     eval_frac: float = 0.0,
+    eval_contexts: list[str] | None = None,
     seed: int = 0,
     process_index: int = 0,
     process_count: int = 1,
     prefetch: int = PREFETCH_BATCHES,
     read_threads: int = READ_THREADS,
 ) -> CellSetData:
-    """Open and validate the files, build groups and control pools, hold out perturbations, and return this process's `CellSetData`."""
+    """Open and validate the files, build groups and control pools, hold out perturbations, and return this process's `CellSetData`.
+
+    Held-out perturbations (`eval_perts` file or a seeded `eval_frac` of them) are held out in every context, or only in `eval_contexts` when given: then they stay in training in the other contexts (context transfer, as predicting a known perturbation in a new cell line), and `eval_frac` draws only among perturbations with cells in an eval context and in another one.
+    """
     if not h5ad_paths:
         raise ValueError("--h5ad_path needs at least one .h5ad file")
     assert 0 <= process_index < process_count, (process_index, process_count)
@@ -333,10 +360,22 @@ def make_cellset_data(
     if n_missing:
         log_info("skipped %d cells with a missing %s or %s", n_missing, pert_col, context_col)
 
+    if eval_contexts is not None:
+        for name in eval_contexts:
+            if name not in context_names:
+                raise ValueError(f"--eval_contexts: context {name!r} has no cells in the h5ad files; contexts: {context_names}, close matches: {difflib.get_close_matches(name, context_names, n=3, cutoff=0.5)}")
+        eval_contexts = sorted(set(eval_contexts))
     if eval_perts is not None:
         eval_pert_names = _read_eval_perts(eval_perts, pert_names, control_label)
     elif eval_frac > 0:
         candidates = pert_names[1:]
+        if eval_contexts is not None:
+            eval_codes = {context_names.index(c) for c in eval_contexts}
+            in_eval = {g.pert for g in groups if g.context in eval_codes}
+            elsewhere = {g.pert for g in groups if g.context not in eval_codes}
+            candidates = [pert_names[p] for p in sorted(in_eval & elsewhere)]
+            if len(candidates) < 2:
+                raise ValueError(f"--eval_contexts {eval_contexts}: {len(candidates)} perturbations have cells both there and in another context; need at least 2 to hold some out and train on the rest")
         n_eval = max(1, round(eval_frac * len(candidates)))
         if n_eval >= len(candidates):
             raise ValueError(f"--eval_frac {eval_frac} holds out all {len(candidates)} perturbations; nothing left to train on")
@@ -351,6 +390,7 @@ def make_cellset_data(
         context_names=context_names,
         gene_names=gene_names,
         eval_pert_names=eval_pert_names,
+        eval_context_names=eval_contexts,
         cells_per_set=cells_per_set,
         batch_size=batch_size,
         seed=seed,
@@ -361,11 +401,12 @@ def make_cellset_data(
     )
     n_by_ctx = collections.Counter(context_names[g.context] for g in data.train_groups)
     log_info(
-        "cell sets: %d files, %d contexts, %d perturbations (%d held out), %d train groups %s, %d eval groups, %d genes",
+        "cell sets: %d files, %d contexts, %d perturbations (%d held out in %s), %d train groups %s, %d eval groups, %d genes",
         len(files),
         data.n_contexts,
         data.n_perts - 1,
         len(eval_pert_names),
+        "every context" if eval_contexts is None else f"contexts {eval_contexts} only",
         len(data.train_groups),
         dict(n_by_ctx),
         len(data.eval_groups),

@@ -3,8 +3,9 @@
 Layout: `output_dir/checkpoint-{step:08d}.pt`. A checkpoint is written to a temporary name in the
 same directory, flushed and fsynced, then renamed: a crash mid-write leaves the previous
 checkpoints intact and at worst a `.tmp` file. Old checkpoints are deleted only after the new one
-is complete. Every load uses `torch.load(weights_only=True)`; model weights keep timm's
-state_dict names, so `timm.create_model(name, checkpoint_path=...)` reads them too.
+is complete, and never the one just written. Every load uses `torch.load(weights_only=True)`; model
+weights keep timm's state_dict names, so `timm.create_model(name, checkpoint_path=...)` reads them too.
+The output dir may be remote (`gs://...`): see `utils.fs`.
 """
 
 import logging
@@ -14,6 +15,8 @@ import re
 
 import numpy as np
 import torch
+
+from utils import fs
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,10 @@ def to_cpu(obj):
 
 
 def get_rng_state() -> dict:
-    """RNG states of python, numpy and torch, as types `weights_only=True` can load."""
+    """RNG states of python, numpy and torch (CPU, and CUDA when present), as types `weights_only=True` can load.
+
+    The XLA device's RNG is the runtime's (`Runtime.get_rng_state`). TensorFlow keeps no state worth saving: random pp ops in the train pipeline are stateless, keyed by (seed, epoch, example index), see `big_vision.input_pipeline`.
+    """
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -58,49 +64,45 @@ def _as_tuple(x):
 
 
 def get_checkpoint_fpath(output_dpath: str, step: int) -> str:
-    return os.path.join(output_dpath, f"checkpoint-{step:08d}.pt")
+    return fs.join(output_dpath, f"checkpoint-{step:08d}.pt")
+
+
+def get_checkpoint_step(fpath: str) -> int | None:
+    """The step in a `checkpoint-{step}.pt` file name; None for other names."""
+    m = CKPT_RE.match(os.path.basename(fpath))
+    return int(m.group(1)) if m else None
 
 
 def list_checkpoints(output_dpath: str) -> list[tuple[int, str]]:
-    """(step, path) of every finished checkpoint in the dir, newest first."""
-    if not os.path.isdir(output_dpath):
-        return []
-    found = [(int(m.group(1)), os.path.join(output_dpath, f)) for f in os.listdir(output_dpath) if (m := CKPT_RE.match(f))]
+    """(step, path) of every finished checkpoint in the dir (local or remote), newest first; temp files are not listed."""
+    found = [(int(m.group(1)), fs.join(output_dpath, f)) for f in fs.listdir(output_dpath) if (m := CKPT_RE.match(f))]
     return sorted(found, reverse=True)
 
 
 def save_checkpoint(state: dict, output_dpath: str, step: int, keep_last: int = 3) -> str:
-    """Write `state` atomically as checkpoint-{step}.pt, then prune to the newest `keep_last`."""
-    os.makedirs(output_dpath, exist_ok=True)
+    """Write `state` atomically as checkpoint-{step}.pt, then prune to the newest `keep_last` (the new file always stays)."""
+    fs.makedirs(output_dpath)
     fpath = get_checkpoint_fpath(output_dpath, step)
-    tmp_fpath = f"{fpath}.tmp.{os.getpid()}"
-    with open(tmp_fpath, "wb") as fd:
-        torch.save(to_cpu(state), fd)
-        fd.flush()
-        os.fsync(fd.fileno())
-    os.replace(tmp_fpath, fpath)
-    _fsync_dir(output_dpath)
+    cpu_state = to_cpu(state)
+    fs.write_atomic(fpath, lambda fd: torch.save(cpu_state, fd))
+    # Only now, with the new file complete under its final name, may older ones go.
     if keep_last > 0:
-        for _, old_fpath in list_checkpoints(output_dpath)[keep_last:]:
-            os.remove(old_fpath)
+        older = [f for _, f in list_checkpoints(output_dpath) if f != fpath]
+        for old_fpath in older[keep_last - 1 :]:
+            fs.remove(old_fpath)
     return fpath
 
 
-def _fsync_dir(dpath: str) -> None:
-    fd = os.open(dpath, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_file(fpath: str) -> dict:
-    """Load a checkpoint or weights file safely (`.pt`/`.pth` with weights_only, or `.safetensors`)."""
+    """Load a checkpoint or weights file safely (`.pt`/`.pth` with weights_only, or `.safetensors`), local or remote."""
     if fpath.endswith(".safetensors"):
         import safetensors.torch
 
+        if fs.is_remote(fpath):
+            return safetensors.torch.load(fs.read_bytes(fpath))
         return safetensors.torch.load_file(fpath, device="cpu")
-    return torch.load(fpath, map_location="cpu", weights_only=True)
+    with fs.open_bytes(fpath) as fd:
+        return torch.load(fd, map_location="cpu", weights_only=True)
 
 
 def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
@@ -108,18 +110,45 @@ def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
     if not resume:
         return None
     if resume != "auto":
-        if not os.path.isfile(resume):
+        if not fs.isfile(resume):
             raise FileNotFoundError(f"--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir")
         return resume, load_file(resume)
-    for step, fpath in list_checkpoints(output_dpath):
+    found = list_checkpoints(output_dpath)
+    bad = []
+    for step, fpath in found:
         try:
             state = load_file(fpath)
-        except Exception as e:  # a truncated or corrupt file: say which, then fall back to the previous one
-            log.warning("checkpoint %s (step %d) does not load (%s: %s); skipping it and trying the previous one", fpath, step, type(e).__name__, e)
+        except Exception as e:  # a truncated or corrupt file: say which, loudly, then fall back to the previous one
+            log.warning("--resume auto: checkpoint %s (step %d) does not load (%s: %s); skipping it and trying the previous one", fpath, step, type(e).__name__, e)
+            bad.append(os.path.basename(fpath))
             continue
+        if bad:
+            log.warning("--resume auto: resuming from %s (step %d), not from the newer unreadable %s", fpath, step, ", ".join(bad))
         return fpath, state
+    if bad:
+        raise ValueError(f"--resume auto: none of the {len(bad)} checkpoint(s) in {output_dpath} loads ({', '.join(bad)}); delete them to start over, or pass --resume PATH to a good copy")
     log.info("--resume auto: no checkpoint in %s, starting from scratch", output_dpath)
     return None
+
+
+def check_output_dir(resume: str, output_dpath: str) -> None:
+    """Refuse to mix two runs' checkpoints in one dir: keep-last-K and `--resume auto` go by step number and would pick the wrong run's files."""
+    if resume and resume != "auto" and not fs.isfile(resume):
+        raise FileNotFoundError(f"--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir")
+    if not output_dpath:
+        return
+    found = list_checkpoints(output_dpath)
+    if not found:
+        return
+    newest = os.path.basename(found[0][1])
+    if not resume:
+        raise ValueError(f"--output_dir {output_dpath!r} already holds checkpoints (newest {newest}) of an earlier run; add --resume auto to continue it, or pick a new --output_dir to start over")
+    step = get_checkpoint_step(resume) if resume != "auto" else None
+    newer = [os.path.basename(f) for s, f in found if step is not None and s > step]
+    if newer:
+        raise ValueError(
+            f"--output_dir {output_dpath!r} holds checkpoints newer than --resume {resume!r} (step {step}): {', '.join(newer)}; a later --resume auto would take those, not this run's. Resume into a new --output_dir, or delete them"
+        )
 
 
 def get_model_state(state: dict) -> dict:

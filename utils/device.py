@@ -21,11 +21,15 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "xla")
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The requested device or its library is not there (a set-up problem, not a bug)."""
+
+
 def _import_xla():
     """Import torch_xla lazily (CPU runs never pay for it) and in the safe order."""
     import_order.check_xla_importable()
     if not import_order.xla_installed():
-        raise RuntimeError("--device xla needs torch_xla: pip install -r requirements.txt (torch_xla[tpu] on a TPU VM)")
+        raise DeviceUnavailableError("--device xla needs torch_xla: pip install -r requirements.txt (torch_xla[tpu] on a TPU VM)")
     import torch_xla
     import torch_xla.core.xla_model as xm
     import torch_xla.debug.metrics as met
@@ -108,6 +112,19 @@ class Runtime:
         torch.distributed.all_reduce(t)
         return t
 
+    def any_process(self, flag: bool) -> bool:
+        """True on every process if `flag` is True on any of them: a collective, so every process calls it at the same step."""
+        if self.world_size == 1:
+            return flag
+        return bool(self.reduce_sum(torch.tensor([float(flag)], device=self.device)).item() > 0)
+
+    def get_rng_state(self) -> dict:
+        """RNG state of the device beyond torch's CPU and CUDA generators (`utils.checkpoint.get_rng_state` has those), for checkpoints."""
+        return {}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore what `get_rng_state` returned; keys of other runtimes are ignored."""
+
     def wait(self) -> None:
         """Block until queued device work is done (for timing)."""
         if self.kind == "cuda":
@@ -171,6 +188,13 @@ class XlaRuntime(Runtime):
             return t
         return self._xm.all_reduce(self._xm.REDUCE_SUM, t)
 
+    def get_rng_state(self):
+        return {"xla": int(self._xm.get_rng_state(self.device))}
+
+    def set_rng_state(self, state):
+        if "xla" in state:
+            self._xm.set_rng_state(int(state["xla"]), self.device)
+
     def wait(self):
         self._xm.wait_device_ops()
 
@@ -230,6 +254,18 @@ class SpmdRuntime(XlaRuntime):
     def reduce_sum(self, t):
         return t  # one global program: device values are already totals over every host
 
+    def any_process(self, flag):
+        if self.world_size == 1:
+            return flag
+        return self._any_host(flag)
+
+    def _any_host(self, flag: bool) -> bool:
+        """A host value summed over hosts: one entry per local device, sharded along the mesh axis, so the global sum sees every host's entries."""
+        local_t = torch.full((self._xr.addressable_runtime_device_count(),), float(flag))
+        spec = self._xs.ShardingSpec(self.mesh, (self.axis,), minibatch=True)
+        global_t = self._xm.send_cpu_data_to_device([local_t], self.device, input_sharding=spec)[0]
+        return bool(global_t.sum().item() > 0)
+
     def reduce_gradients(self, optimizer):
         pass  # inserted by the SPMD partitioner
 
@@ -286,7 +322,7 @@ def make_runtime(device: str = "auto", precision: str = "fp32", parallel: str = 
             return SpmdRuntime(precision=precision, cache_dpath=xla_cache_dir, parallel=parallel)
         return XlaRuntime(precision=precision, cache_dpath=xla_cache_dir, parallel=parallel)
     if kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
+        raise DeviceUnavailableError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
     if parallel == "ddp":
         return DdpRuntime(kind, precision=precision)
     device_t = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if kind == "cuda" else torch.device("cpu")

@@ -12,6 +12,10 @@ import sys
 TF_FIRST_MESSAGE = "tensorflow was imported before torch_xla in this process; importing torch_xla now would abort with 'LLVM ERROR: inconsistency in registered CommandLine options'. Import TensorFlow only through big_vision.tf_import (which imports torch_xla first), or create the XLA runtime before building the input pipeline."
 
 
+class ImportOrderError(RuntimeError):
+    """TensorFlow came first; torch_xla can no longer be imported in this process."""
+
+
 def xla_installed() -> bool:
     return importlib.util.find_spec("torch_xla") is not None
 
@@ -19,7 +23,7 @@ def xla_installed() -> bool:
 def check_xla_importable() -> None:
     """Raise the clear error if torch_xla can no longer be imported safely."""
     if "torch_xla" not in sys.modules and "tensorflow" in sys.modules:
-        raise RuntimeError(TF_FIRST_MESSAGE)
+        raise ImportOrderError(TF_FIRST_MESSAGE)
 
 
 def setup_import_order() -> None:

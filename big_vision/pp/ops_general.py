@@ -203,11 +203,13 @@ def get_choice(n="single", key=None, fewer_ok: bool = False, inkey=None, outkey=
         with tf.control_dependencies([c for c in checks if c is not None]):
             n_rows = tf.identity(n_rows)
         if max_n is None:
-            idx = tf.random.uniform([], 0, n_rows, dtype=tf.int32)
+            idx = utils.uniform([], 0, n_rows, dtype=tf.int32)
             outs = [tf.gather(x, idx) for x in xs]
         else:
-            count = tf.random.uniform([], min_n, max_n + 1, dtype=tf.int32) if min_n < max_n else tf.constant(max_n)
-            idx = tf.sort(tf.random.shuffle(tf.range(n_rows))[: tf.minimum(count, n_rows)])
+            count = utils.uniform([], min_n, max_n + 1, dtype=tf.int32) if min_n < max_n else tf.constant(max_n)
+            seed = utils.random_seed()
+            order = tf.random.shuffle(tf.range(n_rows)) if seed is None else tf.argsort(tf.random.stateless_uniform([n_rows], seed))
+            idx = tf.sort(order[: tf.minimum(count, n_rows)])
             outs = [tf.gather(x, idx) for x in xs]
             if _is_int(n) and not fewer_ok:
                 for out in outs:

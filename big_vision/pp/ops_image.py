@@ -1,6 +1,6 @@
 """Image ops (TensorFlow, one example at a time). Default key is "image".
 
-Images are [h, w, c] tensors. Random ops draw from `tf.random` (unseeded, as in big_vision), so they give a fresh sample per example inside `tf.data.Dataset.map`.
+Images are [h, w, c] tensors. Random ops draw from `tf.random` (unseeded, as in big_vision), so they give a fresh sample per example inside `tf.data.Dataset.map`; in the train pipeline they switch to stateless draws keyed per example (`utils.random_seed`), which exact resume replays.
 Every factory checks its static arguments, so a bad value fails when the pp string is built, not inside tf.data.
 """
 
@@ -103,14 +103,12 @@ def get_resize_long(longer_size: int, method: str = "area", antialias: bool = Tr
 def _sample_box(image_shape: tf.Tensor, area_min, area_max, ratio_range) -> tuple[tf.Tensor, tf.Tensor]:
     """Inception-style box: `begin` and `size` ([y, x, 0] and [h, w, -1]) for an [h, w, c] image shape."""
     kw = {} if ratio_range is None else {"aspect_ratio_range": ratio_range}
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        image_shape,
-        bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
-        area_range=(area_min / 100, area_max / 100),
-        min_object_covered=0,
-        use_image_if_no_bounding_boxes=True,
-        **kw,
-    )
+    kw.update(bounding_boxes=tf.zeros([0, 0, 4], tf.float32), area_range=(area_min / 100, area_max / 100), min_object_covered=0, use_image_if_no_bounding_boxes=True)
+    seed = utils.random_seed()
+    if seed is None:
+        begin, size, _ = tf.image.sample_distorted_bounding_box(image_shape, **kw)
+    else:
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(image_shape, seed=seed, **kw)
     return begin, size
 
 
@@ -159,7 +157,10 @@ def get_random_crop(crop_size):
 
     def _crop(image):
         channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[-1]
-        return tf.image.random_crop(image, (hw[0], hw[1], channels))
+        seed = utils.random_seed()
+        if seed is None:
+            return tf.image.random_crop(image, (hw[0], hw[1], channels))
+        return tf.image.stateless_random_crop(image, (hw[0], hw[1], channels), seed=seed)
 
     return _crop
 
@@ -182,7 +183,12 @@ def get_central_crop(crop_size=None):
 @utils.in_key_out_key()
 def get_flip_lr():
     """Mirror left-right with probability 1/2."""
-    return tf.image.random_flip_left_right
+
+    def _flip(image):
+        seed = utils.random_seed()
+        return tf.image.random_flip_left_right(image) if seed is None else tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+    return _flip
 
 
 def _make_normalize(op: str, mean: Sequence[float], std: Sequence[float]) -> Callable:

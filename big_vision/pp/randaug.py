@@ -182,7 +182,7 @@ def cutout(image: tf.Tensor, pad_size: int, center: tuple | None = None) -> tf.T
     """Fill rows [cy - pad, cy + pad) x columns [cx - pad, cx + pad) (clipped to the image) with FILL_VALUE; the centre is uniform over the image unless given."""
     size = tf.shape(image)
     if center is None:
-        center = (tf.random.uniform([], 0, size[0], dtype=tf.int32), tf.random.uniform([], 0, size[1], dtype=tf.int32))
+        center = (utils.uniform([], 0, size[0], dtype=tf.int32), utils.uniform([], 0, size[1], dtype=tf.int32))
     cy, cx = center
     rows, cols = tf.range(size[0])[:, None], tf.range(size[1])[None, :]
     inside = (rows >= cy - pad_size) & (rows < cy + pad_size) & (cols >= cx - pad_size) & (cols < cx + pad_size)
@@ -236,7 +236,7 @@ OP_FNS: dict[str, Callable] = {
 
 def _random_sign(x: float) -> tf.Tensor:
     x = tf.constant(x, tf.float32)
-    return tf.where(tf.random.uniform([]) < 0.5, x, -x)
+    return tf.where(utils.uniform([], 0.0, 1.0, dtype=tf.float32) < 0.5, x, -x)
 
 
 def _bind(name: str, arg) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -268,7 +268,7 @@ def get_randaug(num_layers: int = 2, magnitude: float = 10):
         if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
             raise ValueError(f"pp op randaug: needs a uint8 [h, w, 3] image (apply it before value_range), got {image.dtype.name} {image.shape}")
         for _ in range(num_layers):
-            choice = tf.random.uniform([], 0, len(ops), dtype=tf.int32)
+            choice = utils.uniform([], 0, len(ops), dtype=tf.int32)
             image = tf.switch_case(choice, [functools.partial(op, image) for op in ops])
         return image
 

@@ -1,8 +1,51 @@
-"""Helpers shared by op modules: key routing and size arguments."""
+"""Helpers shared by op modules: key routing, size arguments, and per-example random seeds.
 
+Random ops draw through `random_seed()`: inside `example_seed(seed)` (the train input pipeline wraps each example's pp in it) they use stateless TF ops keyed by the example's seed and the op's place in the pp string, so an example's augmentation is a pure function of (seed, epoch, example index), whatever the thread that maps it and whichever examples were skipped before it (exact resume). Outside (eval, tests, tools) `random_seed()` is None and the ops draw from the stateful `tf.random` as big_vision does.
+"""
+
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+
+_SEEDS = threading.local()
+
+
+@contextlib.contextmanager
+def example_seed(seed) -> Iterator[None]:
+    """While tracing one example's pp: random ops key their draws on `seed` (an int64 [2] tensor)."""
+    stack = _SEEDS.__dict__.setdefault("stack", [])
+    stack.append([seed, 0])
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def random_seed():
+    """A fresh stateless seed for the next random draw of this example, or None outside `example_seed`.
+
+    Each call folds a counter into the example seed; the counter follows the order in which ops are traced, which is fixed by the pp string, so draws are reproducible.
+    """
+    stack = _SEEDS.__dict__.get("stack")
+    if not stack:
+        return None
+    from big_vision.tf_import import tf
+
+    entry = stack[-1]
+    entry[1] += 1
+    return tf.random.experimental.stateless_fold_in(entry[0], entry[1])
+
+
+def uniform(shape, minval, maxval, dtype):
+    """`tf.random.uniform`, stateless inside `example_seed`."""
+    from big_vision.tf_import import tf
+
+    seed = random_seed()
+    if seed is None:
+        return tf.random.uniform(shape, minval, maxval, dtype=dtype)
+    return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=dtype)
 
 
 def maybe_repeat(x, n: int) -> tuple:
