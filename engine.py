@@ -16,12 +16,11 @@ sync the host with the device every step. The price is that a multi-process run 
 SIGTERM and SIGKILL (30 s on preemptible GCE/TPU VMs).
 """
 
-import signal
-
 import argparse
 import dataclasses
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 

@@ -2,13 +2,23 @@
 
 CLI -> config (YAML defaults, flags override) -> runtime -> data -> model/optimizer -> engine.
 With no arguments it trains the default model on the embedded digits dataset on CPU.
+
+Exit codes of `python main.py` (see `cli`):
+  0    trained to the end
+  1    a bug: any other exception, with its traceback
+  2    bad input: argparse errors, and ValueError / FileNotFoundError / ImportOrderError / DeviceUnavailableError raised at start-up (before the first train step), printed as one `error: ...` line
+  3    the loss or gradient norm became nan or inf (`error: loss became nan or inf between steps a and b ...`); the last good checkpoint is kept
+  130  SIGINT (Ctrl-C), 143 SIGTERM: 128 + the signal number. During training the step in flight finishes and a checkpoint is written; the `stopped: ...` line says how to resume (`--resume auto --output_dir ...`)
 """
 
 import argparse
 import difflib
 import logging
 import os
+import shlex
+import signal
 import sys
+import traceback
 
 import yaml
 
@@ -266,7 +276,9 @@ def validate_distillation_args(parser: argparse.ArgumentParser, args: argparse.N
         for flag in ("teacher_arch", "teacher_path"):
             if not getattr(args, flag):
                 parser.error(f"--kd needs --{flag} (the teacher's model name and its trained weights)")
-        if not os.path.isfile(args.teacher_path):
+        from utils import fs
+
+        if not fs.isfile(args.teacher_path):  # local or gs://
             parser.error(f"--teacher_path {args.teacher_path!r} does not exist; pass a checkpoint-*.pt from a teacher run, a timm-style state dict or a .safetensors file")
     else:
         given = [f"--{k}" for k in ("teacher_arch", "teacher_path", "teacher_img_size") if getattr(args, k) is not None]
@@ -341,6 +353,7 @@ def run(args: argparse.Namespace, runtime) -> dict:
             raise ValueError(
                 f"{flag} {value} does not divide over {runtime.world_size} process(es) x {runtime.n_devices // runtime.world_size} device(s) each; pick a multiple of {split}, e.g. {(value // split + 1) * split}"
             )
+    ckpt.check_output_dir(args.resume, args.output_dir)  # before the data: a wrong --resume or a used --output_dir fails in a second
     torch.manual_seed(args.seed)
     log.info("runtime: %s", runtime.describe())
     log.info("batch: %d global, %d per process, %d per device", args.batch_size, args.batch_size // runtime.world_size, args.batch_size // split)
@@ -389,8 +402,10 @@ def run(args: argparse.Namespace, runtime) -> dict:
         log.info("model EMA: decay %g, updated inside the train step%s", args.model_ema_decay, ", evaluated as eval_ema/*" if args.model_ema_eval else "")
 
     if runtime.is_main and args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "args.yaml"), "w") as fd:
+        from utils import fs
+
+        fs.makedirs(args.output_dir)  # local or gs://
+        with fs.open_file(fs.join(args.output_dir, "args.yaml"), "w") as fd:
             yaml.safe_dump(get_resolved_config(args), fd, sort_keys=False)
     logger = MetricLogger(args.output_dir, runtime.is_main, total_steps, tensorboard=args.tensorboard)
     trainer = engine.Trainer(args, runtime, model, task, optimizer, schedule, data, logger, examples_per_step=args.batch_size, ema=ema)
@@ -409,8 +424,72 @@ def run(args: argparse.Namespace, runtime) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+EXIT_BAD_INPUT = 2  # argparse's code for usage errors too
+EXIT_DIVERGED = 3
+
+
+def get_exit_code(e: BaseException) -> int | None:
+    """The exit code for an expected way to stop (see the module docstring); None for a bug, which keeps its traceback.
+
+    User-facing types: ValueError and FileNotFoundError (every check of flags, paths, names, splits, pp strings, columns and checkpoints raises one of them, with the bad value and the fix), ImportOrderError and DeviceUnavailableError (set-up). KeyError is not one: our registries raise ValueError for unknown names, so a KeyError is a bug. A user-facing type raised once training runs (inside `Trainer.fit`) is a bug too: it shows its traceback.
+    """
+    from engine import TrainingDiverged
+    from utils.device import DeviceUnavailableError
+    from utils.import_order import ImportOrderError
+    from utils.preemption import TrainingStopped
+
+    if isinstance(e, TrainingStopped):
+        return e.exit_code
+    if isinstance(e, TrainingDiverged):
+        return EXIT_DIVERGED
+    if isinstance(e, ValueError | FileNotFoundError | ImportOrderError | DeviceUnavailableError) and not _raised_in_training(e):
+        return EXIT_BAD_INPUT
+    return None
+
+
+def _raised_in_training(e: BaseException) -> bool:
+    import engine
+
+    engine_fpath = os.path.realpath(engine.__file__)
+    return any(f.name == "fit" and os.path.realpath(f.filename) == engine_fpath for f in traceback.extract_tb(e.__traceback__))
+
+
+def get_resume_command(argv: list[str], output_dpath: str) -> str:
+    """The command that continues a stopped run: the same flags, with `--resume auto` and the same `--output_dir`."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        if arg in ("--resume", "--output_dir"):
+            skip_value = True
+            continue
+        if not arg.startswith(("--resume=", "--output_dir=")):
+            kept.append(arg)
+    return shlex.join(["python", "main.py", *kept, "--resume", "auto", "--output_dir", output_dpath])
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python main.py ...`: run `main`, print one `error:` or `stopped:` line on stderr for an expected stop, and return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+        main(argv)
+    except SystemExit as e:  # argparse already printed the usage and the error
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    except KeyboardInterrupt:  # Ctrl-C outside training (set-up, data): nothing to save
+        print("stopped: interrupted (SIGINT) before training started; nothing was saved", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as e:
+        code = get_exit_code(e)
+        if code is None:
+            raise
+        from utils.preemption import TrainingStopped
+
+        message = f"{e}\n  {get_resume_command(argv, e.output_dpath)}" if isinstance(e, TrainingStopped) else str(e)
+        print(f"{'stopped' if isinstance(e, TrainingStopped) else 'error'}: {message}", file=sys.stderr)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -352,6 +352,8 @@ def test_xla_kd_step_compiles_like_the_plain_step_and_does_not_recompile(xla_run
     assert next(teacher.parameters()).device.type == "xla" and not teacher.training
     import torch_xla.debug.metrics as met
 
-    assert not met.executed_fallback_ops(), f"ops fell back to the CPU: {met.executed_fallback_ops()}"
+    # aten::_local_scalar_dense is this test's own .item() host reads, not part of the step.
+    fallbacks = [op for op in met.executed_fallback_ops() if op != "aten::_local_scalar_dense"]
+    assert not fallbacks, f"ops in the train step fell back to the CPU: {fallbacks}"
     ema_w, student_w = ema.module.head.weight.cpu(), student.head.weight.cpu()
     assert not torch.equal(ema_w, student_w), "EMA weights did not lag the student"

@@ -1,6 +1,6 @@
 """Write a seeded, VCC-style perturbation `.h5ad` with known effects, streamed in chunks of cells.
 
-Counts are negative binomial (gamma-Poisson) around per-gene log-normal means, shifted per context and per batch, scaled by a per-cell size factor, and moved by each perturbation's sparse log2 fold changes (the target gene knocked down plus a few genes up or down). Controls are labelled `non-targeting`. The true effects are stored in `uns['true_effects']` so tests and docs can check that they are recovered.
+Counts are negative binomial (gamma-Poisson) around per-gene log-normal means, shifted per context and per batch, scaled by a per-cell size factor, and moved by each perturbation's sparse log2 fold changes (the target gene knocked down plus a few genes up or down). A perturbation's fold changes are shared by all contexts; with `context_effect_sd` > 0 each context scales each of them by its own log-normal factor, so a perturbation seen in one context predicts, but does not equal, its effect in another. Controls are labelled `non-targeting`. The true effects are stored in `uns['true_effects']` so tests and docs can check that they are recovered.
 
 `obs`, `var` and `uns` are written by anndata; `X` is appended with h5py chunk by chunk (CSR arrays grow as resizable datasets, dense X is a preallocated contiguous dataset), so a 200k x 2k file needs only one chunk of cells in RAM. `anndata.read_h5ad` reads the result like any other file.
 
@@ -44,6 +44,7 @@ def simulate_h5ad(
     n_batches: int = 3,
     genes_per_effect: int = 8,
     context_col: str = "cell_line",
+    context_effect_sd: float = 0.0,
 ) -> str:
     """Write the file and return its path. Same arguments and seed give the same file."""
     assert 0 < n_perts < n_genes, f"need 0 < n_perts ({n_perts}) < n_genes ({n_genes}): each perturbation targets a distinct gene"
@@ -90,17 +91,31 @@ def simulate_h5ad(
     effects = pd.DataFrame(effect_rows, columns=["target_gene", "gene", "gene_id", "log2fc"])
     uns = {
         "true_effects": effects,
-        "simulation": {"seed": seed, "n_cells": n_cells, "n_genes": n_genes, "n_contexts": n_contexts, "n_perts": n_perts, "control_frac": control_frac, "log1p": log1p, "sparse": sparse},
+        "simulation": {
+            "seed": seed,
+            "n_cells": n_cells,
+            "n_genes": n_genes,
+            "n_contexts": n_contexts,
+            "n_perts": n_perts,
+            "control_frac": control_frac,
+            "log1p": log1p,
+            "sparse": sparse,
+            "genes_per_effect": genes_per_effect,
+            "context_effect_sd": context_effect_sd,
+        },
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     anndata.AnnData(obs=obs, var=var, uns=uns).write_h5ad(path)
 
+    # Drawn only when asked for, so files simulated without it stay byte for byte the same. Context c sees lfc_pg * scale_cpg[c] (signs kept); true_effects holds the shared lfc_pg.
+    scale_cpg = np.exp(rng.normal(0.0, context_effect_sd, (n_contexts, *lfc_pg.shape))) if context_effect_sd > 0 else np.ones((1, 1, 1))
+    lfc_cpg = lfc_pg[None] * scale_cpg
     with h5py.File(path, "a") as fd:
         write = _make_csr_writer(fd, n_cells, n_genes) if sparse else _make_dense_writer(fd, n_cells, n_genes)
         for start in range(0, n_cells, chunk_cells):
             stop = min(start + chunk_cells, n_cells)
             log_mean_ng = (
-                log_mu_g[None, :] + context_shift_cg[context_n[start:stop]] + batch_shift_bg[batch_n[start:stop]] + np.log(2.0) * lfc_pg[pert_n[start:stop]] + rng.normal(0.0, 0.3, (stop - start, 1))
+                log_mu_g[None, :] + context_shift_cg[context_n[start:stop]] + batch_shift_bg[batch_n[start:stop]] + np.log(2.0) * lfc_cpg[context_n[start:stop] if context_effect_sd > 0 else 0, pert_n[start:stop]] + rng.normal(0.0, 0.3, (stop - start, 1))
             )
             mean_ng = np.exp(log_mean_ng)
             counts_ng = rng.poisson(rng.gamma(theta_g, mean_ng / theta_g)).astype(np.float32)
@@ -164,6 +179,8 @@ def main() -> None:
     parser.add_argument("--log1p", action="store_true", help="store log1p(normalize_total 1e4) instead of raw counts")
     parser.add_argument("--chunk_cells", type=int, default=8_192)
     parser.add_argument("--context_col", default="cell_line")
+    parser.add_argument("--genes_per_effect", type=int, default=8, help="genes moved by each perturbation besides its target")
+    parser.add_argument("--context_effect_sd", type=float, default=0.0, help="per-context log-normal scale of each fold change (0: effects shared exactly by all contexts)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     simulate_h5ad(
@@ -178,6 +195,8 @@ def main() -> None:
         log1p=args.log1p,
         chunk_cells=args.chunk_cells,
         context_col=args.context_col,
+        genes_per_effect=args.genes_per_effect,
+        context_effect_sd=args.context_effect_sd,
     )
     print(f"wrote {args.out}")
 
