@@ -418,7 +418,9 @@ def run(args: argparse.Namespace, runtime) -> dict:
         metrics = trainer.fit()
     finally:
         logger.close()
-    summary = {**metrics, "compiles": runtime.compile_count(), "steps": trainer.position.global_step}
+    summary = {**metrics, "steps": trainer.position.global_step}
+    if runtime.compile_count() is not None:
+        summary["compiles"] = runtime.compile_count()
     if runtime.is_main:
         print("final: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     return summary
