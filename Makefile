@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 train: $(VENV)/.installed
-	$(PY) main.py $(ARGS)
+	$(PY) main.py --resume auto $(ARGS)
 
 test: $(VENV)/.installed
 	PJRT_DEVICE=CPU $(PY) -m pytest -q

@@ -208,15 +208,16 @@ class Trainer:
         if self.failure is not None:
             raise TrainingDiverged(f"{self.failure}; the last good checkpoint in {self.args.output_dir} is kept (lower --lr, raise --warmup_epochs, or set --clip_grad)")
 
-    def _report_compiles(self, epoch: int) -> None:
+    def _report_compiles(self, epoch: int, warm_before: bool) -> None:
+        """Log compile and transfer counts; from the first epoch that starts fully warm, any new compile is a warning."""
         n = self.runtime.compile_count()
         if n is None:
             return
         transfers = self.runtime.transfer_count()
         log.info("xla: %d graphs compiled so far, %d device-to-host transfers (epoch %d)", n, transfers, epoch + 1)
         self.logger.scalars(self.position.global_step, {"compiles": n, "transfers": transfers}, prefix="xla/")
-        if not all(self._warm.values()):
-            self.compiles_after_warmup = n  # still warming up: the first train epoch, eval and checkpoint each compile their graphs once
+        if not warm_before:
+            self.compiles_after_warmup = n  # this epoch ran something for the first time (train, eval or checkpoint): its compiles are warm-up
         elif n > self.compiles_after_warmup:
             log.warning(
                 "xla: %d new compiles during epoch %d (after warm-up); a shape or a Python value changed between steps: run with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
@@ -296,9 +297,10 @@ class Trainer:
         if start_epoch >= args.epochs:
             metrics = self.evaluate()  # resumed from the last step (a stop after the final step): nothing to train, report the eval
         for epoch in range(start_epoch, args.epochs):
+            warm_before = all(self._warm.values())
             self.train_epoch(epoch)
             if self._should_stop(sync=True):
-                self._stop()
+                self._stop()  # before this epoch's eval: a preempted VM has seconds, not an eval's worth (the resumed run skips that eval)
             self._warm["train"] = True
             last = epoch + 1 == args.epochs
             if last or (args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0):
@@ -308,7 +310,9 @@ class Trainer:
             if last or (args.save_every_epochs and (epoch + 1) % args.save_every_epochs == 0):
                 self.save()
                 self._warm["save"] = True
-            self._report_compiles(epoch)
+            self._report_compiles(epoch, warm_before)
+            if not last and self._should_stop(sync=True):
+                self._stop()  # a signal during the eval or the save
         self._check_finite()
         log.info("training done in %s", format_duration(time.perf_counter() - t0))
         return metrics

@@ -477,9 +477,12 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(argv)
     except SystemExit as e:  # argparse already printed the usage and the error
-        return e.code if isinstance(e.code, int) else int(e.code is not None)
-    except KeyboardInterrupt:  # Ctrl-C outside training (set-up, data): nothing to save
-        print("stopped: interrupted (SIGINT) before training started; nothing was saved", file=sys.stderr)
+        if isinstance(e.code, int | None):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (set-up, data, shut-down): nothing to save
+        print("stopped: interrupted (SIGINT) outside the training loop; no checkpoint was written for it", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as e:
         code = get_exit_code(e)

@@ -49,8 +49,9 @@ class SetTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.decoder = Mlp(d_model, hidden_features=d_model, out_features=n_genes, drop=dropout)
         self.apply(self._init_weights)
-        nn.init.trunc_normal_(self.pert_embed.weight, std=0.02)
-        nn.init.trunc_normal_(self.context_embed.weight, std=0.02)
+        # Unit-scale condition embeddings (nn.Embedding's own init): at ViT's 0.02 the encoder features of noisy cells (norm ~10-50 on log1p data) drowned them, and the model never learnt a perturbation-specific effect on the simulated screen.
+        nn.init.normal_(self.pert_embed.weight, std=1.0)
+        nn.init.normal_(self.context_embed.weight, std=1.0)
         # Zero last layer: pred == ctrl at init, so training starts from the "no effect" baseline.
         nn.init.zeros_(self.decoder.fc2.weight)
         nn.init.zeros_(self.decoder.fc2.bias)

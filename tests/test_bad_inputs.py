@@ -90,7 +90,7 @@ CASES = [
     ("unknown_model", lambda d, f: ["--tfds_data_dir", d, "--model", "tiny_cnm"], r"unknown model 'tiny_cnm'; did you mean tiny_cnn", ()),
     ("unknown_optimizer", lambda d, f: ["--tfds_data_dir", d, "--model", "tiny_cnn", "--opt", "adamww"], r"unknown optimizer 'adamww'; did you mean adamw", ()),
     ("unknown_data_set", lambda d, f: ["--data_set", "imagenet"], r"--data_set 'imagenet' is not one of digits, tfds, h5ad", ()),
-    ("missing_h5ad_file", lambda d, f: _h5ad({"h5ad": "/nonexistent/screen.h5ad"}), r"/nonexistent/screen.h5ad", (needs_h5ad,)),
+    ("missing_h5ad_file", lambda d, f: _h5ad({"h5ad": "/nonexistent/screen.h5ad"}), r"h5ad file not found: /nonexistent/screen.h5ad; fix --h5ad_path", (needs_h5ad,)),
     ("h5ad_missing_pert_column", lambda d, f: _h5ad(f, "--pert_col", "perturbation"), r"no column 'perturbation' \(--pert_col\)", (needs_h5ad,)),
     (
         "h5ad_control_label_absent",

@@ -229,3 +229,12 @@ def test_torchrun_processes_agree_on_the_stop_step(digits_dir, tmp_path):
     assert "stopped by SIGTERM after step 4 (epoch 1, step 4 of 6)" in output, output[-3000:]
     assert "stopped because another process received a stop signal after step 4 (epoch 1, step 4 of 6)" in output, output[-3000:]
     assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [4]
+
+
+def test_resuming_a_finished_run_only_evaluates(digits_dir, full_run, tmp_path):
+    """A stop right after the last step leaves the final checkpoint: `--resume auto` then has nothing to train and reports the eval."""
+    out = tmp_path / "run"
+    shutil.copytree(full_run, out)
+    summary = main.main([*_argv(digits_dir, out), "--resume", "auto"])
+    assert summary["steps"] == 12 and summary["n_examples"] == 360
+    assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [12, 6]

@@ -45,6 +45,7 @@ def simulate_h5ad(
     genes_per_effect: int = 8,
     context_col: str = "cell_line",
     context_effect_sd: float = 0.0,
+    umis_per_cell: float | None = None,
 ) -> str:
     """Write the file and return its path. Same arguments and seed give the same file."""
     assert 0 < n_perts < n_genes, f"need 0 < n_perts ({n_perts}) < n_genes ({n_genes}): each perturbation targets a distinct gene"
@@ -56,6 +57,9 @@ def simulate_h5ad(
 
     # Gene means: log-normal, tuned so about 87% of counts are zero with ~600 UMIs per cell (a 2k-gene HVG panel).
     log_mu_g = rng.normal(-2.8, 1.8, n_genes)
+    if umis_per_cell is not None:
+        # Sequencing depth: rescale the gene means so a typical cell has about this many UMIs (a panel of fewer genes keeps realistic counts).
+        log_mu_g = log_mu_g + np.log(umis_per_cell / np.exp(log_mu_g).sum())
     theta_g = np.exp(rng.normal(np.log(1.5), 0.5, n_genes))
     context_shift_cg = rng.normal(0.0, 0.25, (n_contexts, n_genes))
     batch_shift_bg = rng.normal(0.0, 0.1, (n_batches, n_genes))
@@ -102,6 +106,7 @@ def simulate_h5ad(
             "sparse": sparse,
             "genes_per_effect": genes_per_effect,
             "context_effect_sd": context_effect_sd,
+            **({} if umis_per_cell is None else {"umis_per_cell": umis_per_cell}),  # anndata cannot store None
         },
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -181,6 +186,7 @@ def main() -> None:
     parser.add_argument("--context_col", default="cell_line")
     parser.add_argument("--genes_per_effect", type=int, default=8, help="genes moved by each perturbation besides its target")
     parser.add_argument("--context_effect_sd", type=float, default=0.0, help="per-context log-normal scale of each fold change (0: effects shared exactly by all contexts)")
+    parser.add_argument("--umis_per_cell", type=float, default=None, help="rescale gene means to about this many UMIs per cell (default: ~600 at 2000 genes, fewer with fewer genes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     simulate_h5ad(
@@ -197,6 +203,7 @@ def main() -> None:
         context_col=args.context_col,
         genes_per_effect=args.genes_per_effect,
         context_effect_sd=args.context_effect_sd,
+        umis_per_cell=args.umis_per_cell,
     )
     print(f"wrote {args.out}")
 

@@ -262,7 +262,7 @@ class H5adFile:
         if not os.path.isfile(fpath):
             parent = os.path.dirname(os.path.abspath(fpath))
             siblings = sorted(f for f in os.listdir(parent) if f.endswith(".h5ad")) if os.path.isdir(parent) else []
-            raise FileNotFoundError(f"h5ad file not found: {fpath}" + (_close(os.path.basename(fpath), siblings) if siblings else ""))
+            raise FileNotFoundError(f"h5ad file not found: {fpath}; fix --h5ad_path" + (_close(os.path.basename(fpath), siblings) if siblings else ""))
         if transform not in TRANSFORMS:
             raise ValueError(f"--h5ad_transform {transform!r} is not one of {TRANSFORMS}")
         self.fpath = fpath
