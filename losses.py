@@ -89,16 +89,19 @@ def energy_distance(x_bng: Float[Tensor, "b n g"], y_bmg: Float[Tensor, "b m g"]
 def median_sq_dist(x_bng: Float[Tensor, "b n g"], y_bmg: Float[Tensor, "b m g"]) -> Float[Tensor, " b"]:
     """Median of ||z_i - z_j||^2 over the pairs i < j of the pooled set z = x u y, detached.
 
-    The pair indices are a constant of the shapes, so the gather stays fixed-shape; torch.median
-    returns the lower of the two middle values for an even count.
+    Computed with one sort of the full distance matrix (XLA lowers sort; `median` and `triu_indices`
+    would fall back to the CPU and sync every step): the sorted row holds the n diagonal zeros first,
+    then every pair twice, so the lower median of the P = n(n-1)/2 pairs sits at the static index
+    n + 2 * ((P - 1) // 2), the value torch.median would return.
     """
     with torch.no_grad():
         z_bng = torch.cat([x_bng, y_bmg], dim=1).detach()
         z_bng = z_bng - z_bng.mean(dim=1, keepdim=True)
         n = z_bng.shape[1]
-        d2_bnn = pairwise_sq_dists(z_bng, z_bng)
-        iu_2q = torch.triu_indices(n, n, offset=1, device=z_bng.device)
-        return d2_bnn[:, iu_2q[0], iu_2q[1]].median(dim=-1).values
+        off_diag_nn = 1.0 - torch.eye(n, dtype=z_bng.dtype, device=z_bng.device)
+        d2_bnn = pairwise_sq_dists(z_bng, z_bng) * off_diag_nn  # exact zeros on the diagonal (the matmul form leaves round-off there)
+        n_pairs = n * (n - 1) // 2
+        return d2_bnn.flatten(1).sort(dim=-1).values[:, n + 2 * ((n_pairs - 1) // 2)]
 
 
 def _rbf_kernel(d2_bnm: Tensor, sigma2_bk: Tensor) -> Tensor:

@@ -332,8 +332,11 @@ def _run_steps(runtime, task, ema_decay: float | None, n_steps: int) -> tuple[li
 
 @pytest.mark.xla
 def test_xla_kd_step_compiles_like_the_plain_step_and_does_not_recompile(xla_runtime, tmp_path):
+    import torch_xla.debug.metrics as met
+
     runtime = xla_runtime
     n_steps = 5
+    met.clear_counters()  # fallback counters are per process: count only this test's steps
     plain, _, _ = _run_steps(runtime, ClassificationTask(runtime), None, n_steps)
 
     torch.manual_seed(1)
@@ -350,8 +353,6 @@ def test_xla_kd_step_compiles_like_the_plain_step_and_does_not_recompile(xla_run
     for k, v in _state(teacher).items():
         assert torch.equal(v, teacher_before[k]), f"teacher {k} changed on XLA"
     assert next(teacher.parameters()).device.type == "xla" and not teacher.training
-    import torch_xla.debug.metrics as met
-
     # aten::_local_scalar_dense is this test's own .item() host reads, not part of the step.
     fallbacks = [op for op in met.executed_fallback_ops() if op != "aten::_local_scalar_dense"]
     assert not fallbacks, f"ops in the train step fell back to the CPU: {fallbacks}"

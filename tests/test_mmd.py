@@ -227,7 +227,11 @@ def test_energy_and_rbf_on_xla_match_cpu_without_recompiling():
             np.testing.assert_allclose(out.cpu().numpy(), fn(x, y).numpy(), rtol=1e-4, atol=1e-5)
         return outs
 
+    met.clear_counters()
     run_all(seed=1)
     n_compiles = met.metric_data("CompileTime")[0]
     run_all(seed=2)
     assert met.metric_data("CompileTime")[0] == n_compiles
+    # The median heuristic must stay on the device: a CPU fallback would sync every training step.
+    fallbacks = [op for op in met.executed_fallback_ops() if op != "aten::_local_scalar_dense"]
+    assert not fallbacks, f"set losses fell back to the CPU on XLA: {fallbacks}"
