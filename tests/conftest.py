@@ -4,6 +4,7 @@ import os
 import sys
 
 os.environ.setdefault("PJRT_DEVICE", "CPU")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py: OpenMP workers must not spin against the TF input threads
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
