@@ -30,7 +30,8 @@ IMAGENET_PP_TRAIN = 'decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1,
 IMAGENET_PP_EVAL = 'decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|keep("image", "label")'
 # The embedded cell-set dataset: a seeded simulated screen (tools/simulate_h5ad.py), written on first use when `--h5ad_path` names this path (relative to the working directory, like `--output_dir`).
 SIM_H5AD_FPATH = os.path.join("data", "sim_vcc.h5ad")
-SIM_H5AD_KWARGS = {"n_cells": 20_000, "n_genes": 1_000, "n_contexts": 3, "n_perts": 48, "seed": 0}
+# 3 cell lines, 48 knock-downs that each move their target and 24 other genes of a 256-gene panel at ~2000 UMIs per cell; effects are shared by the cell lines up to a per-line scale (log-normal, sd 0.3).
+SIM_H5AD_KWARGS = {"n_cells": 60_000, "n_genes": 256, "n_contexts": 3, "n_perts": 48, "genes_per_effect": 24, "context_effect_sd": 0.3, "umis_per_cell": 2000, "seed": 0}
 # Held-out perturbations are what the cell metrics are computed on: without --eval_perts or --eval_frac, this seeded fraction is held out.
 DEFAULT_EVAL_FRAC = 0.2
 
@@ -128,10 +129,25 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
     )
 
 
+def _get_sim_params(fpath: str) -> dict:
+    """The simulation parameters a simulated file records in `uns/simulation` (empty if none)."""
+    import h5py
+
+    with h5py.File(fpath, "r") as fd:
+        group = fd.get("uns/simulation")
+        return {} if group is None else {k: group[k][()].item() for k in group}
+
+
 def prepare_sim_h5ad(fpath: str) -> None:
-    """Write the embedded simulated screen to `fpath` if it is not there yet (a few seconds); atomic, so concurrent processes agree."""
+    """Write the embedded simulated screen to `fpath` unless it is there with the current parameters (a few seconds); atomic, so concurrent processes agree."""
     if os.path.isfile(fpath):
-        return
+        recorded = _get_sim_params(fpath)
+        if not recorded:
+            raise ValueError(f"{fpath} is the path of the embedded simulated screen but holds another file (no uns/simulation); move that file and pass its own path to --h5ad_path")
+        stale = {k: recorded.get(k) for k, v in SIM_H5AD_KWARGS.items() if recorded.get(k) != v}
+        if not stale:
+            return
+        log.info("%s was simulated with other parameters (%s); simulating it again", fpath, stale)
     from tools import simulate_h5ad
 
     log.info("generating the embedded simulated screen %s with tools/simulate_h5ad.py %s", fpath, SIM_H5AD_KWARGS)
@@ -148,7 +164,7 @@ def _build_h5ad(args: argparse.Namespace, process_index: int, process_count: int
     if args.eval_batch_size != args.batch_size:
         raise ValueError(f"cell sets are evaluated in batches of --batch_size ({args.batch_size}); drop --eval_batch_size ({args.eval_batch_size})")
     for fpath in args.h5ad_path:
-        if not os.path.isfile(fpath) and os.path.normpath(fpath) == SIM_H5AD_FPATH:
+        if os.path.normpath(fpath) == SIM_H5AD_FPATH:
             prepare_sim_h5ad(fpath)
     eval_frac = args.eval_frac
     if args.eval_perts is None and not eval_frac:

@@ -58,7 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--big_vision_pp_train", default=None, help="train pp string (default: the dataset's)")
     g.add_argument("--big_vision_pp_eval", default=None, help="eval pp string (default: the dataset's)")
 
-    g = p.add_argument_group("h5ad / cell sets", "Perturbation screens in .h5ad files (--data_set h5ad): one example is a set of perturbed cells of one (context, perturbation) plus a matched set of control cells")
+    g = p.add_argument_group(
+        "h5ad / cell sets", "Perturbation screens in .h5ad files (--data_set h5ad): one example is a set of perturbed cells of one (context, perturbation) plus a matched set of control cells"
+    )
     g.add_argument("--h5ad_path", nargs="+", default=None, metavar="PATH", help="one or more .h5ad files; data/sim_vcc.h5ad is the embedded simulated screen, generated on first use")
     g.add_argument("--pert_col", default="target_gene", help="obs column with the perturbation label")
     g.add_argument("--context_col", default="cell_line", help="obs column with the context (cell line)")
@@ -69,7 +71,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--h5ad_in_memory", action=argparse.BooleanOptionalAction, default=False, help="load X into RAM once (compressed files)")
     g.add_argument("--eval_perts", default=None, help="text file of held-out perturbations, one per line")
     g.add_argument("--eval_frac", type=float, default=0.0, help="hold out this seeded fraction of the perturbations (0 and no --eval_perts: 0.2)")
-    g.add_argument("--eval_contexts", nargs="+", default=None, metavar="CONTEXT", help="hold the eval perturbations out in these contexts only; they train in the others (context transfer). Default: held out in every context (unseen perturbations)")
+    g.add_argument(
+        "--eval_contexts",
+        nargs="+",
+        default=None,
+        metavar="CONTEXT",
+        help="hold the eval perturbations out in these contexts only; they train in the others (context transfer). Default: held out in every context (unseen perturbations)",
+    )
 
     g = p.add_argument_group("MMD / set loss", "Per-set loss between predicted and observed cells (losses.make_set_loss)")
     g.add_argument("--set_loss", default="energy", help="energy | rbf | sinkhorn | mse (set means only)")
@@ -214,7 +222,15 @@ def validate_cellset_args(parser: argparse.ArgumentParser, args: argparse.Namesp
 
     _check_choice(parser, "h5ad_transform", args.h5ad_transform, TRANSFORMS)
     try:  # the loss checks its own flags (names, estimator, bandwidths, sinkhorn, state parity)
-        make_set_loss(args.set_loss, estimator=args.mmd_estimator, sigmas=args.mmd_sigmas, blur=args.sinkhorn_blur, sinkhorn_iters=args.sinkhorn_iters, state_parity=args.set_loss_state_parity, mean_mse_weight=args.mean_mse_weight)
+        make_set_loss(
+            args.set_loss,
+            estimator=args.mmd_estimator,
+            sigmas=args.mmd_sigmas,
+            blur=args.sinkhorn_blur,
+            sinkhorn_iters=args.sinkhorn_iters,
+            state_parity=args.set_loss_state_parity,
+            mean_mse_weight=args.mean_mse_weight,
+        )
     except ValueError as e:
         parser.error(f"--set_loss and the MMD flags: {e}")
     if args.cells_per_set < 1:

@@ -113,14 +113,18 @@ def simulate_h5ad(
     anndata.AnnData(obs=obs, var=var, uns=uns).write_h5ad(path)
 
     # Drawn only when asked for, so files simulated without it stay byte for byte the same. Context c sees lfc_pg * scale_cpg[c] (signs kept); true_effects holds the shared lfc_pg.
-    scale_cpg = np.exp(rng.normal(0.0, context_effect_sd, (n_contexts, *lfc_pg.shape))) if context_effect_sd > 0 else np.ones((1, 1, 1))
+    scale_cpg = np.exp(rng.normal(0.0, context_effect_sd, (n_contexts, *lfc_pg.shape))) if context_effect_sd > 0 else np.ones((n_contexts, 1, 1))
     lfc_cpg = lfc_pg[None] * scale_cpg
     with h5py.File(path, "a") as fd:
         write = _make_csr_writer(fd, n_cells, n_genes) if sparse else _make_dense_writer(fd, n_cells, n_genes)
         for start in range(0, n_cells, chunk_cells):
             stop = min(start + chunk_cells, n_cells)
             log_mean_ng = (
-                log_mu_g[None, :] + context_shift_cg[context_n[start:stop]] + batch_shift_bg[batch_n[start:stop]] + np.log(2.0) * lfc_cpg[context_n[start:stop] if context_effect_sd > 0 else 0, pert_n[start:stop]] + rng.normal(0.0, 0.3, (stop - start, 1))
+                log_mu_g[None, :]
+                + context_shift_cg[context_n[start:stop]]
+                + batch_shift_bg[batch_n[start:stop]]
+                + np.log(2.0) * lfc_cpg[context_n[start:stop], pert_n[start:stop]]
+                + rng.normal(0.0, 0.3, (stop - start, 1))
             )
             mean_ng = np.exp(log_mean_ng)
             counts_ng = rng.poisson(rng.gamma(theta_g, mean_ng / theta_g)).astype(np.float32)

@@ -363,7 +363,9 @@ def make_cellset_data(
     if eval_contexts is not None:
         for name in eval_contexts:
             if name not in context_names:
-                raise ValueError(f"--eval_contexts: context {name!r} has no cells in the h5ad files; contexts: {context_names}, close matches: {difflib.get_close_matches(name, context_names, n=3, cutoff=0.5)}")
+                raise ValueError(
+                    f"--eval_contexts: context {name!r} has no cells in the h5ad files; contexts: {context_names}, close matches: {difflib.get_close_matches(name, context_names, n=3, cutoff=0.5)}"
+                )
         eval_contexts = sorted(set(eval_contexts))
     if eval_perts is not None:
         eval_pert_names = _read_eval_perts(eval_perts, pert_names, control_label)
@@ -375,7 +377,9 @@ def make_cellset_data(
             elsewhere = {g.pert for g in groups if g.context not in eval_codes}
             candidates = [pert_names[p] for p in sorted(in_eval & elsewhere)]
             if len(candidates) < 2:
-                raise ValueError(f"--eval_contexts {eval_contexts}: {len(candidates)} perturbations have cells both there and in another context; need at least 2 to hold some out and train on the rest")
+                raise ValueError(
+                    f"--eval_contexts {eval_contexts}: {len(candidates)} perturbations have cells both there and in another context; need at least 2 to hold some out and train on the rest"
+                )
         n_eval = max(1, round(eval_frac * len(candidates)))
         if n_eval >= len(candidates):
             raise ValueError(f"--eval_frac {eval_frac} holds out all {len(candidates)} perturbations; nothing left to train on")
