@@ -217,20 +217,12 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def validate_cellset_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """h5ad and set-loss flags: valid choices and ranges, and no image-only (or cell-only) flag with the other kind of data."""
-    from losses import make_set_loss
+    from tasks.cellset import make_set_loss_from_args
     from utils.h5ad import TRANSFORMS
 
     _check_choice(parser, "h5ad_transform", args.h5ad_transform, TRANSFORMS)
     try:  # the loss checks its own flags (names, estimator, bandwidths, sinkhorn, state parity)
-        make_set_loss(
-            args.set_loss,
-            estimator=args.mmd_estimator,
-            sigmas=args.mmd_sigmas,
-            blur=args.sinkhorn_blur,
-            sinkhorn_iters=args.sinkhorn_iters,
-            state_parity=args.set_loss_state_parity,
-            mean_mse_weight=args.mean_mse_weight,
-        )
+        make_set_loss_from_args(args)
     except ValueError as e:
         parser.error(f"--set_loss and the MMD flags: {e}")
     if args.cells_per_set < 1:

@@ -86,9 +86,9 @@ class CellSetTask:
         return CellSetAccumulator(self)
 
 
-def make_cellset_task(args: argparse.Namespace, cells: CellSetData) -> CellSetTask:
-    """The task for `--data_set h5ad`: set loss from the MMD flags, names from the data, and the mean-of-perturbations baseline from the training sets."""
-    set_loss = make_set_loss(
+def make_set_loss_from_args(args: argparse.Namespace):
+    """The set loss named by `--set_loss` and the MMD flags (raises ValueError on a bad combination)."""
+    return make_set_loss(
         args.set_loss,
         estimator=args.mmd_estimator,
         sigmas=args.mmd_sigmas,
@@ -97,6 +97,11 @@ def make_cellset_task(args: argparse.Namespace, cells: CellSetData) -> CellSetTa
         state_parity=args.set_loss_state_parity,
         mean_mse_weight=args.mean_mse_weight,
     )
+
+
+def make_cellset_task(args: argparse.Namespace, cells: CellSetData) -> CellSetTask:
+    """The task for `--data_set h5ad`: set loss from the MMD flags, names from the data, and the mean-of-perturbations baseline from the training sets."""
+    set_loss = make_set_loss_from_args(args)
     t0 = time.perf_counter()
     train_pert_mean_g = cells.get_train_pert_mean()
     log.info("cell sets: mean-of-perturbations baseline from the training perturbations of the eval contexts (%.1fs)", time.perf_counter() - t0)
