@@ -114,7 +114,12 @@ def get_train_steps_per_epoch(builder: tfds.core.DatasetBuilder, split: str, bat
     return steps
 
 
-def _options(num_parallel_calls: int, private_threadpool_size: int, deterministic: bool) -> tf.data.Options:
+def _decoders(builder: tfds.core.DatasetBuilder, skip_decode: bool) -> dict | None:
+    """Leave images encoded for the pp string (decode_jpeg_and_inception_crop decodes only the crop)."""
+    return {"image": tfds.decode.SkipDecoding()} if skip_decode and "image" in builder.info.features else None
+
+
+def _options(private_threadpool_size: int, deterministic: bool) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = deterministic
     if private_threadpool_size > 0:
@@ -145,8 +150,7 @@ def make_train_dataset(
     """One epoch of full batches for this process, starting at `start_step` of that epoch."""
     epoch_seed = seed * 100_003 + epoch
     read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False)
-    decoders = {"image": tfds.decode.SkipDecoding()} if skip_decode and "image" in builder.info.features else None
-    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, True), shuffle_files=True, read_config=read_config, decoders=decoders)
+    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, True), shuffle_files=True, read_config=read_config, decoders=_decoders(builder, skip_decode))
     if cache_raw:
         ds = ds.cache()
     if shuffle_buffer > 1:
@@ -156,7 +160,7 @@ def make_train_dataset(
         ds = ds.skip(start_step * batch_size)  # before pp: skipped examples are never decoded
     ds = ds.map(_make_seeded_pp(pp_str, epoch_seed, process_index), num_parallel_calls=num_parallel_calls)
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.with_options(_options(num_parallel_calls, private_threadpool_size, deterministic))
+    ds = ds.with_options(_options(private_threadpool_size, deterministic))
     return ds.prefetch(prefetch)
 
 
@@ -177,8 +181,7 @@ def make_eval_dataset(
     """Fixed-size eval batches with `_mask`, and how many of them (the same on every process)."""
     n_per_process = [builder.info.splits[_process_split(split, i, process_count, False)].num_examples for i in range(process_count)]
     n_batches = math.ceil(max(n_per_process) / batch_size)
-    decoders = {"image": tfds.decode.SkipDecoding()} if skip_decode and "image" in builder.info.features else None
-    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, False), shuffle_files=False, decoders=decoders)
+    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, False), shuffle_files=False, decoders=_decoders(builder, skip_decode))
     pp = _make_pp(pp_str)
 
     @tf.autograph.experimental.do_not_convert
@@ -195,7 +198,7 @@ def make_eval_dataset(
     pad["_mask"] = tf.constant(False)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
     ds = ds.batch(batch_size, drop_remainder=True).take(n_batches)
-    ds = ds.with_options(_options(num_parallel_calls, private_threadpool_size, True))
+    ds = ds.with_options(_options(private_threadpool_size, True))
     return ds.prefetch(prefetch), n_batches
 
 

@@ -237,9 +237,6 @@ class SpmdRuntime(XlaRuntime):
 
         return FSDPv2(model, mesh=self.mesh)  # mesh is keyword-only in 2.9
 
-    def unwrap(self, model):
-        return getattr(model, "module", model)
-
     def device_loader(self, batches):
         import torch_xla.distributed.parallel_loader as pl
 
