@@ -75,6 +75,33 @@ def prepare_digits(data_dpath: str) -> None:
         builder.download_and_prepare()
 
 
+def check_num_classes(flag_value: int | None, builder, train_spec: dict, pp_train: str) -> int:
+    """The class count of the model head: the dataset's label feature (or the pp string's one-hot width), which `--num_classes` may raise but never lower.
+
+    A head smaller than the labels trains on garbage: cross-entropy indexes past the logits (an IndexError on CPU, silently meaningless metrics on XLA).
+    """
+    feature = builder.info.features["label"] if "label" in builder.info.features else None
+    data_classes = getattr(feature, "num_classes", None)
+    if "labels" in train_spec and train_spec["labels"].shape.rank == 2:
+        width = train_spec["labels"].shape[-1]
+        if data_classes is not None and width is not None and width != data_classes:
+            log.warning("train pp %r one-hot encodes %d classes but the dataset's label feature has %d", pp_train, width, data_classes)
+        data_classes = width
+        if flag_value is not None and width is not None and flag_value != width:
+            raise ValueError(
+                f"--num_classes {flag_value} does not match the {width}-wide one-hot labels of the train pp string {pp_train!r}; make them agree (onehot({flag_value}, ...) or --num_classes {width})"
+            )
+    if data_classes is None:
+        if flag_value is None:
+            raise ValueError(f"cannot tell the number of classes of {builder.info.full_name} (no ClassLabel feature 'label'); pass --num_classes")
+        return flag_value
+    if flag_value is not None and flag_value < data_classes:
+        raise ValueError(
+            f"--num_classes {flag_value} is smaller than the {data_classes} classes of {builder.info.full_name}; labels >= {flag_value} would index past the model head. Drop --num_classes (default: from the dataset) or pass >= {data_classes}"
+        )
+    return flag_value or data_classes
+
+
 def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int) -> Data:
     from big_vision import input_pipeline as ip
 
@@ -104,8 +131,8 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
     # Build both pipelines once up front: a bad pp string or split fails here, before any compile.
     eval_ds, n_eval_batches = ip.make_eval_dataset(builder, eval_split, pp_eval, args.eval_batch_size // process_count, cache=args.tfds_cache_eval, **common)
     train_spec = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, **train_kw).element_spec
-    num_classes = builder.info.features["label"].num_classes if "label" in builder.info.features else args.num_classes
-    mixup = mixup_lib.make_mixup(args, args.num_classes or num_classes or 0, batch_per_process)
+    num_classes = check_num_classes(args.num_classes, builder, train_spec, pp_train)
+    mixup = mixup_lib.make_mixup(args, num_classes, batch_per_process)
     if mixup is not None:
         log.info("train batches mixed on the host: %s", mixup)
     if mixup is not None and ("label" not in train_spec or train_spec["label"].shape.rank != 1):
@@ -113,7 +140,7 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
 
     def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
         ds = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, **train_kw)
-        batches = ip.iterate_torch(ds)
+        batches = ip.iterate_torch(ds, source=f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}")
         # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see utils/mixup.py).
         return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, args.seed, epoch, start_step)
 
@@ -123,7 +150,7 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
         n_eval_batches=n_eval_batches,
         n_eval_examples=ip.get_num_examples(builder, eval_split),
         make_train_batches=train_batches,
-        make_eval_batches=lambda: ip.iterate_torch(eval_ds),
+        make_eval_batches=lambda: ip.iterate_torch(eval_ds, source=f"{builder.info.full_name} split {eval_split!r} in {builder.data_dir}"),
         num_classes=num_classes,
         info={"name": builder.info.full_name, "train_split": train_split, "eval_split": eval_split, "pp_train": pp_train, "pp_eval": pp_eval, "data_dir": data_dpath},
     )

@@ -149,9 +149,24 @@ class Trainer:
             state["model_ema"] = self.ema.module.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        self.runtime.unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: dict, source: str = "--resume") -> None:
+        """Continue from one of our training checkpoints; anything else (a weights-only file, another model's or optimizer's checkpoint) is a ValueError naming the file and the fix."""
+        missing = [k for k in ("model", "optimizer", "position", "rng") if k not in state]
+        if missing:
+            raise ValueError(f"--resume {source!r} is not a training checkpoint of main.py (no {', '.join(missing)}); to start from its weights pass it as --init_checkpoint instead")
+        saved = state.get("args") if isinstance(state.get("args"), dict) else {}
+        for key in ("model", "opt"):
+            if saved.get(key) is not None and saved[key] != getattr(self.args, key):
+                raise ValueError(
+                    f"--resume {source!r} is a checkpoint of --{key} {saved[key]} but this run has --{key} {getattr(self.args, key)}; resume with --{key} {saved[key]}, or start from its weights with --init_checkpoint"
+                )
+        ckpt.load_model_state(self.runtime.unwrap(self.model), state["model"], source=source, what="--resume")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(
+                f"--resume {source!r}: its optimizer state does not fit this run's optimizer ({e}); was it trained with another --layer_decay or --weight_decay setting? Resume with the same flags, or start from its weights with --init_checkpoint"
+            ) from e
         for group in self.optimizer.param_groups:  # keep our schedule bookkeeping if an old file lacks it
             group.setdefault("lr_scale", 1.0)
             group.setdefault("wd_scale", 1.0 if group.get("weight_decay", 0.0) > 0 else 0.0)
@@ -206,7 +221,9 @@ class Trainer:
         if self.failure is None and float(self.nonfinite_t.item()) > 0:
             self.failure = f"loss became nan or inf between steps {self.last_checked_step} and {self.position.global_step}"
         if self.failure is not None:
-            raise TrainingDiverged(f"{self.failure}; the last good checkpoint in {self.args.output_dir} is kept (lower --lr, raise --warmup_epochs, or set --clip_grad)")
+            raise TrainingDiverged(
+                f"{self.failure}; the last good checkpoint in {self.args.output_dir} is kept (lower --lr, raise --warmup_epochs, set --clip_grad, or check the inputs for nan or inf values)"
+            )
 
     def _report_compiles(self, epoch: int, warm_before: bool) -> None:
         """Log compile and transfer counts; from the first epoch that starts fully warm, any new compile is a warning."""

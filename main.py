@@ -6,21 +6,24 @@ With no arguments it trains the default model on the embedded digits dataset on 
 Exit codes of `python main.py` (see `cli`):
   0    trained to the end
   1    a bug: any other exception, with its traceback
-  2    bad input: argparse errors, and ValueError / FileNotFoundError / ImportOrderError / DeviceUnavailableError raised at start-up (before the first train step), printed as one `error: ...` line
+  2    bad input, printed as one `error: ...` line naming the value and the fix: argparse errors, any check at start-up (before the first train step: see `utils.errors.startup`), and bad data found while training (a corrupt record)
   3    the loss or gradient norm became nan or inf (`error: loss became nan or inf between steps a and b ...`); the last good checkpoint is kept
+  4    writing to --output_dir failed during training (disk full, read-only, permissions): `error: ...` names the file; earlier checkpoints are intact
   130  SIGINT (Ctrl-C), 143 SIGTERM: 128 + the signal number. During training the step in flight finishes and a checkpoint is written; the `stopped: ...` line says how to resume (`--resume auto --output_dir ...`)
 """
 
 import argparse
 import difflib
 import logging
+import math
 import os
 import shlex
 import signal
 import sys
-import traceback
 
 import yaml
+
+from utils.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OUTPUT_WRITE  # noqa: F401  (the CLI's exit codes, documented above)
 
 # Before torch (libgomp reads it once): OpenMP workers that sleep instead of spinning. With the TF input threads (or any other process) on the same cores, spinning workers made a CPU train step 5x slower on 2 cores; sleeping ones cost nothing measurable.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -28,8 +31,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 log = logging.getLogger("train")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line usage on errors: the full flag list is `--help`'s job, not every typo's."""
+
+    def error(self, message: str):
+        self.exit(2, f"usage: {self.prog} [--config recipe.yaml] [--flag value ...] (python {self.prog} --help lists the flags)\n{self.prog}: error: {message}\n")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("main.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser("main.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="YAML recipe; its keys are defaults for the flags below, which override it")
     p.add_argument("--list_models", default=None, nargs="?", const="", metavar="PATTERN", help="print model names (optionally matching PATTERN) and exit")
 
@@ -95,7 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--opt", default="adamw", help="any timm optimizer name (adamw, sgd, lamb, lion, ...)")
     g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     g.add_argument("--min_lr", type=float, default=1e-5)
-    g.add_argument("--warmup_epochs", type=float, default=2.0)
+    g.add_argument("--warmup_epochs", type=float, default=None, help="linear warm-up from --warmup_lr to --lr (default: 2 epochs, at most 20%% of --epochs)")
     g.add_argument("--warmup_lr", type=float, default=1e-5)
     g.add_argument("--weight_decay", type=float, default=0.05)
     g.add_argument("--weight_decay_end", type=float, default=None, help="cosine WD schedule end value (default: constant WD)")
@@ -147,23 +157,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_type(parser: argparse.ArgumentParser, key: str, value, action: argparse.Action) -> None:
+def _check_type(parser: argparse.ArgumentParser, key: str, value, action: argparse.Action):
+    """A YAML value as the flag's own type would parse it (lists for nargs flags); an error line for anything else."""
     if value is None:
-        return
-    if isinstance(action, argparse.BooleanOptionalAction) and not isinstance(value, bool):
-        parser.error(f"config key {key!r} has value {value!r}; use true or false")
+        return None
+    if isinstance(action, argparse.BooleanOptionalAction | argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if not isinstance(value, bool):
+            parser.error(f"config key {key!r} has value {value!r}; use true or false")
+        return value
+    if isinstance(value, dict | bool) and action.type is not None:
+        parser.error(f"config key {key!r} has value {value!r}, which is not a valid {action.type.__name__}")
     if action.type is None:
-        return
-    items = [value]
-    if action.nargs not in (None, "?") and isinstance(value, list):  # e.g. cutmix_minmax: [0.2, 0.8]
-        if isinstance(action.nargs, int) and len(value) != action.nargs:
-            parser.error(f"config key {key!r} has value {value!r}; expected a list of {action.nargs}")
-        items = value
+        if isinstance(value, dict | list) and action.nargs in (None, "?"):
+            parser.error(f"config key {key!r} has value {value!r}; expected a single value")
+        return [str(v) for v in value] if isinstance(value, list) else (value if isinstance(value, str) else str(value))
+    multi = action.nargs not in (None, "?")
+    if multi != isinstance(value, list):
+        parser.error(
+            f"config key {key!r} has value {value!r}; expected "
+            + (f"a list like [{', '.join(['...'] * (action.nargs if isinstance(action.nargs, int) else 1))}]" if multi else "a single value, not a list")
+        )
+    items = value if multi else [value]
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        parser.error(f"config key {key!r} has value {value!r}; expected a list of {action.nargs}")
+    converted = []
     for item in items:
+        if isinstance(item, bool | dict | list):
+            parser.error(f"config key {key!r} has value {value!r}, which is not a valid {action.type.__name__}")
         try:
-            action.type(item)
+            converted.append(action.type(item))
         except (TypeError, ValueError):
             parser.error(f"config key {key!r} has value {value!r}, which is not a valid {action.type.__name__}")
+    return converted if multi else converted[0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,9 +199,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     known, _ = pre.parse_known_args(argv)
     if known.config:
         if not os.path.isfile(known.config):
-            parser.error(f"--config {known.config!r} does not exist")
-        with open(known.config) as fd:
-            cfg = yaml.safe_load(fd) or {}
+            parser.error(f"--config {known.config!r} " + ("is a directory; pass a YAML file" if os.path.isdir(known.config) else "does not exist"))
+        try:
+            with open(known.config, encoding="utf-8") as fd:
+                cfg = yaml.safe_load(fd) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            where = getattr(e, "problem_mark", None)
+            parser.error(f"--config {known.config!r} is not valid YAML" + (f" (line {where.line + 1}, column {where.column + 1}: {e.problem})" if where is not None else f" ({e})"))
         if not isinstance(cfg, dict):
             parser.error(f"--config {known.config!r} must hold a mapping of flag names to values")
         actions = {a.dest: a for a in parser._actions}
@@ -184,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if key not in actions or key in ("help", "config"):
                 close = difflib.get_close_matches(key, [k for k in actions if k not in ("help", "config")], n=1)
                 parser.error(f"unknown key {key!r} in {known.config}" + (f"; did you mean {close[0]!r}?" if close else ""))
-            _check_type(parser, key, value, actions[key])
+            cfg[key] = _check_type(parser, key, value, actions[key])
         parser.set_defaults(**cfg)
     args = parser.parse_args(argv)
     validate_args(parser, args)
@@ -196,20 +225,56 @@ def get_resolved_config(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("config", "list_models")}
 
 
+# Numeric ranges of the flags: (low, high, low_inclusive, high_inclusive); None: unbounded on that side. nan and inf fail every range.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **{k: (0, None, False, False) for k in ("epochs", "batch_size", "eval_batch_size", "lr", "log_every", "max_steps_per_epoch", "num_classes", "img_size", "teacher_img_size")},
+    **{k: (1, None, True, False) for k in ("keep_last", "tfds_shuffle_buffer")},
+    **{k: (0, None, True, False) for k in ("min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "weight_decay_end", "clip_grad")},
+    **{k: (0, None, True, False) for k in ("eval_every_epochs", "save_every_epochs", "save_every_steps", "tfds_prefetch", "tfds_private_threadpool_size", "seed")},
+    **{k: (0, 1, True, False) for k in ("drop_rate", "drop_path_rate", "momentum")},
+    "layer_decay": (0, 1, False, True),
+}
+RANGE_HINTS = {"keep_last": " (the checkpoint just written is always kept; pass a large number to keep them all)", "seed": " (TF seeds are non-negative)"}
+
+
+def _describe_range(lo, hi, lo_incl: bool, hi_incl: bool) -> str:
+    if hi is None:
+        return f"{'>=' if lo_incl else '>'} {lo:g}"
+    return f"in {'[' if lo_incl else '('}{lo:g}, {hi:g}{']' if hi_incl else ')'}"
+
+
+def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name, (lo, hi, lo_incl, hi_incl) in RANGES.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        ok = math.isfinite(value) and (lo is None or (value >= lo if lo_incl else value > lo)) and (hi is None or (value <= hi if hi_incl else value < hi))
+        if not ok:
+            parser.error(f"--{name} must be {_describe_range(lo, hi, lo_incl, hi_incl)}, got {value}{RANGE_HINTS.get(name, '')}")
+    if args.tfds_num_parallel_calls != -1 and args.tfds_num_parallel_calls < 1:
+        parser.error(f"--tfds_num_parallel_calls must be -1 (AUTOTUNE) or >= 1, got {args.tfds_num_parallel_calls}")
+
+
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Stop at start-up on values that would only fail (or silently mislead) later."""
     if args.list_models is not None:
         return
-    positive = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "log_every": args.log_every}
-    for name, value in positive.items():
-        if value is None or value <= 0:
-            parser.error(f"--{name} must be > 0, got {value}")
     if args.eval_batch_size is None:
         args.eval_batch_size = args.batch_size
-    if args.eval_batch_size <= 0:
-        parser.error(f"--eval_batch_size must be > 0, got {args.eval_batch_size}")
-    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch <= 0:
-        parser.error(f"--max_steps_per_epoch must be > 0, got {args.max_steps_per_epoch}")
+    _check_ranges(parser, args)
+    from optim_factory import check_schedule_args, get_default_warmup_epochs
+
+    if args.warmup_epochs is None:
+        args.warmup_epochs = get_default_warmup_epochs(args.epochs)  # resolved here, so args.yaml and the log show the value used
+    try:
+        check_schedule_args(
+            epochs=args.epochs, lr=args.lr, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr, weight_decay=args.weight_decay, weight_decay_end=args.weight_decay_end
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    import datasets
+
+    _check_choice(parser, "data_set", args.data_set, datasets.DATA_SETS)
     validate_distillation_args(parser, args)
     validate_augmentation_args(parser, args)
     validate_cellset_args(parser, args)
@@ -304,6 +369,7 @@ def validate_distillation_args(parser: argparse.ArgumentParser, args: argparse.N
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    from utils import errors
     from utils.logging import setup_logging
 
     if args.list_models is not None:
@@ -311,9 +377,6 @@ def main(argv: list[str] | None = None) -> dict:
 
         print("\n".join(models.list_models(args.list_models)))
         return {}
-    # Runtime first: on XLA it imports torch_xla before anything imports TensorFlow.
-    from utils.device import make_runtime
-
     if args.fsdp:
         args.parallel = "fsdp"
     if args.parallel == "pjrt":
@@ -322,7 +385,11 @@ def main(argv: list[str] | None = None) -> dict:
         # One process per local device (TPU v4+: one per chip); every process runs run() on its own share.
         torch_xla.launch(_pjrt_worker, args=(args,))
         return {}
-    runtime = make_runtime(args.device, args.precision, args.parallel, args.xla_cache_dir)
+    # Runtime first: on XLA it imports torch_xla before anything imports TensorFlow.
+    from utils.device import make_runtime
+
+    with errors.startup():
+        runtime = make_runtime(args.device, args.precision, args.parallel, args.xla_cache_dir)
     setup_logging(runtime.is_main)
     try:
         return run(args, runtime)
@@ -331,12 +398,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _pjrt_worker(index: int, args: argparse.Namespace) -> None:
+    from utils import errors
     from utils.device import make_runtime
     from utils.logging import setup_logging
 
-    runtime = make_runtime(args.device, args.precision, "pjrt", args.xla_cache_dir)
+    with errors.startup():
+        runtime = make_runtime(args.device, args.precision, "pjrt", args.xla_cache_dir)
     setup_logging(runtime.is_main)
-    run(args, runtime)
+    try:
+        run(args, runtime)
+    finally:
+        runtime.close()
+
+
+# Model constructor arguments that come from flags (image models); the flag names them in errors.
+IMAGE_MODEL_FLAGS = {"num_classes": "--num_classes", "drop_rate": "--drop_rate", "drop_path_rate": "--drop_path_rate", "img_size": "--img_size"}
 
 
 def get_model_kwargs(args: argparse.Namespace, data) -> dict:
@@ -346,8 +422,23 @@ def get_model_kwargs(args: argparse.Namespace, data) -> dict:
     return {"num_classes": args.num_classes or data.num_classes, "drop_rate": args.drop_rate, "drop_path_rate": args.drop_path_rate, "img_size": args.img_size}
 
 
-def run(args: argparse.Namespace, runtime) -> dict:
-    """Wire data, model, optimizer and engine for this process, then train."""
+def check_model_flags(args: argparse.Namespace) -> None:
+    """Before any data is read: the model exists and takes every model flag given (built on the meta device, no memory, no weights)."""
+    import models
+
+    if args.data_set == "h5ad":
+        kwargs = {"n_genes": 8, "n_perts": 2, "n_contexts": 1, "dropout": args.drop_rate}  # sizes come from the data; only the names are checked here
+        flags = {"dropout": "--drop_rate"} if args.drop_rate is not None else {}
+        hint = "--data_set h5ad needs a cell-set model, e.g. set_transformer"
+    else:
+        kwargs = {"num_classes": args.num_classes or 10, "drop_rate": args.drop_rate, "drop_path_rate": args.drop_path_rate, "img_size": args.img_size}
+        flags = {k: flag for k, flag in IMAGE_MODEL_FLAGS.items() if getattr(args, k) is not None}
+        hint = f"--data_set {args.data_set} needs an image classifier (a timm model or small_cnn)"
+    models.check_model_kwargs(args.model, kwargs, flags=flags, hint=hint)
+
+
+def build_trainer(args: argparse.Namespace, runtime):
+    """Everything before the first train step: data, model, optimizer, task, EMA, logger, resume. Runs inside `utils.errors.startup()`."""
     import torch
 
     import datasets
@@ -365,6 +456,7 @@ def run(args: argparse.Namespace, runtime) -> dict:
                 f"{flag} {value} does not divide over {runtime.world_size} process(es) x {runtime.n_devices // runtime.world_size} device(s) each; pick a multiple of {split}, e.g. {(value // split + 1) * split}"
             )
     ckpt.check_output_dir(args.resume, args.output_dir)  # before the data: a wrong --resume or a used --output_dir fails in a second
+    check_model_flags(args)  # before the data too: a model flag the model does not take fails in a second, not after the pipeline is built
     torch.manual_seed(args.seed)
     log.info("runtime: %s", runtime.describe())
     log.info("batch: %d global, %d per process, %d per device", args.batch_size, args.batch_size // runtime.world_size, args.batch_size // split)
@@ -394,6 +486,7 @@ def run(args: argparse.Namespace, runtime) -> dict:
         weight_decay=args.weight_decay,
         weight_decay_end=args.weight_decay_end,
     )
+    log.info("%s", schedule.describe(data.steps_per_epoch))
     if data.kind == "cellset":
         from tasks.cellset import make_cellset_task
 
@@ -415,20 +508,27 @@ def run(args: argparse.Namespace, runtime) -> dict:
     if runtime.is_main and args.output_dir:
         from utils import fs
 
-        fs.makedirs(args.output_dir)  # local or gs://
-        with fs.open_file(fs.join(args.output_dir, "args.yaml"), "w") as fd:
-            yaml.safe_dump(get_resolved_config(args), fd, sort_keys=False)
+        fs.write_text_atomic(fs.join(args.output_dir, "args.yaml"), yaml.safe_dump(get_resolved_config(args), sort_keys=False), what="--output_dir")
     logger = MetricLogger(args.output_dir, runtime.is_main, total_steps, tensorboard=args.tensorboard)
     trainer = engine.Trainer(args, runtime, model, task, optimizer, schedule, data, logger, examples_per_step=args.batch_size, ema=ema)
     found = ckpt.find_resume(args.resume, args.output_dir)
     if found:
         fpath, state = found
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, source=fpath)
         log.info("resumed from %s at epoch %d, step %d", fpath, trainer.position.epoch, trainer.position.global_step)
+    return trainer
+
+
+def run(args: argparse.Namespace, runtime) -> dict:
+    """Wire data, model, optimizer and engine for this process (the start-up phase), then train."""
+    from utils import errors
+
+    with errors.startup():
+        trainer = build_trainer(args, runtime)
     try:
         metrics = trainer.fit()
     finally:
-        logger.close()
+        trainer.logger.close()
     summary = {**metrics, "steps": trainer.position.global_step}
     if runtime.compile_count() is not None:
         summary["compiles"] = runtime.compile_count()
@@ -437,34 +537,22 @@ def run(args: argparse.Namespace, runtime) -> dict:
     return summary
 
 
-EXIT_BAD_INPUT = 2  # argparse's code for usage errors too
-EXIT_DIVERGED = 3
-
-
 def get_exit_code(e: BaseException) -> int | None:
     """The exit code for an expected way to stop (see the module docstring); None for a bug, which keeps its traceback.
 
-    User-facing types: ValueError and FileNotFoundError (every check of flags, paths, names, splits, pp strings, columns and checkpoints raises one of them, with the bad value and the fix), ImportOrderError and DeviceUnavailableError (set-up). KeyError is not one: our registries raise ValueError for unknown names, so a KeyError is a bug. A user-facing type raised once training runs (inside `Trainer.fit`) is a bug too: it shows its traceback.
+    Decided by type alone: `utils.errors.UserError` (every start-up check, turned into one by `utils.errors.startup`, and the bad data or failed writes found while training) carries its code; a stop signal and divergence have theirs. Any other exception is a bug, wherever it was raised.
     """
     from engine import TrainingDiverged
-    from utils.device import DeviceUnavailableError
-    from utils.import_order import ImportOrderError
+    from utils.errors import UserError
     from utils.preemption import TrainingStopped
 
     if isinstance(e, TrainingStopped):
         return e.exit_code
     if isinstance(e, TrainingDiverged):
         return EXIT_DIVERGED
-    if isinstance(e, ValueError | FileNotFoundError | ImportOrderError | DeviceUnavailableError) and not _raised_in_training(e):
-        return EXIT_BAD_INPUT
+    if isinstance(e, UserError):
+        return e.exit_code
     return None
-
-
-def _raised_in_training(e: BaseException) -> bool:
-    import engine
-
-    engine_fpath = os.path.realpath(engine.__file__)
-    return any(f.name == "fit" and os.path.realpath(f.filename) == engine_fpath for f in traceback.extract_tb(e.__traceback__))
 
 
 def get_resume_command(argv: list[str], output_dpath: str) -> str:
@@ -507,5 +595,15 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
+def program() -> None:
+    """`python main.py`: the CLI as a process. Signals after training (or a second one during a stop) exit at once: see `utils.preemption`."""
+    from utils import preemption
+
+    preemption.set_exit_at_once(True)
+    code = cli()
+    preemption.setup_exit_now_handlers()  # interpreter shut-down (TF's clean-up) is next: nothing to save
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    program()

@@ -41,6 +41,29 @@ def make_optimizer(
     return optimizer
 
 
+DEFAULT_WARMUP_EPOCHS = 2.0
+MAX_DEFAULT_WARMUP_FRAC = 0.2  # a short run keeps 80% of its steps for the decay
+
+
+def get_default_warmup_epochs(epochs: int) -> float:
+    """Warm-up when `--warmup_epochs` is not given: 2 epochs, but at most 20% of the run, so a 1- or 2-epoch run still reaches the peak LR."""
+    return min(DEFAULT_WARMUP_EPOCHS, MAX_DEFAULT_WARMUP_FRAC * epochs)
+
+
+def check_schedule_args(*, epochs: int, lr: float, min_lr: float, warmup_epochs: float, warmup_lr: float, weight_decay: float, weight_decay_end: float | None) -> None:
+    """Schedules that would train wrong without a word: ValueError naming the flags and the fix."""
+    if warmup_epochs >= epochs:
+        raise ValueError(
+            f"--warmup_epochs {warmup_epochs:g} >= --epochs {epochs}: the LR would never leave warm-up nor reach --lr; pick --warmup_epochs below --epochs (e.g. {get_default_warmup_epochs(epochs):g})"
+        )
+    if min_lr > lr:
+        raise ValueError(f"--min_lr {min_lr:g} > --lr {lr:g}: the cosine 'decay' would raise the LR; pick --min_lr <= --lr")
+    if warmup_lr > lr:
+        raise ValueError(f"--warmup_lr {warmup_lr:g} > --lr {lr:g}: warm-up would lower the LR; pick --warmup_lr <= --lr")
+    if weight_decay_end is not None and weight_decay == 0 and weight_decay_end > 0:
+        raise ValueError(f"--weight_decay_end {weight_decay_end:g} with --weight_decay 0: parameter groups without decay stay without it; set --weight_decay > 0")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Linear warmup then cosine decay for LR; optional cosine schedule for weight decay."""
@@ -52,6 +75,15 @@ class Schedule:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     weight_decay_end: float | None = None
+
+    def describe(self, steps_per_epoch: int) -> str:
+        warm = (
+            f"warm-up {self.warmup_steps} steps ({self.warmup_steps / max(1, steps_per_epoch):.3g} epochs) from {self.warmup_lr:g} to {self.lr:g}, "
+            if self.warmup_steps
+            else f"no warm-up, peak {self.lr:g}, "
+        )
+        wd = f"weight decay {self.weight_decay:g}" + (f" -> {self.weight_decay_end:g} (cosine)" if self.weight_decay_end is not None else "")
+        return f"lr: {warm}cosine to {self.min_lr:g} at step {self.total_steps}; {wd}"
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -210,7 +210,20 @@ def _to_torch(name: str, x: np.ndarray) -> torch.Tensor:
     return t
 
 
-def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """tf.data batches -> dicts of torch tensors (string features are dropped)."""
-    for batch in ds.as_numpy_iterator():
+def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, source: str = "the TFDS dataset") -> Iterator[dict[str, torch.Tensor]]:
+    """tf.data batches -> dicts of torch tensors (string features are dropped).
+
+    A corrupt record (TF's DataLossError, raised mid-epoch) becomes a `BadInputError` naming `source` (dataset, split, directory) and the fix: the CLI prints one line and exits 2.
+    """
+    from utils.errors import BadInputError
+
+    it = ds.as_numpy_iterator()
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except tf.errors.DataLossError as e:
+            detail = (e.message or str(e)).strip().splitlines()[0]
+            raise BadInputError(f"corrupt record in {source} ({detail}); the prepared files are damaged: restore them, or delete that directory and prepare the dataset again") from e
         yield {k: _to_torch(k, v) for k, v in batch.items() if (keys is None or k in keys) and v.dtype != object}

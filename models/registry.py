@@ -1,6 +1,7 @@
 """Model registry: our `@register_model` functions plus everything timm registers."""
 
 import difflib
+import re
 from collections.abc import Callable
 
 import timm
@@ -37,3 +38,33 @@ def create_model(name: str, **kwargs) -> torch.nn.Module:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `python main.py --list_models` for the names"
     raise ValueError(f"unknown model {name!r}{hint}")
+
+
+_UNEXPECTED_RE = re.compile(r"unexpected keyword argument '(\w+)'")
+_MISSING_RE = re.compile(r"missing \d+ required (?:positional|keyword-only) arguments?: (.+)$")
+
+
+def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = None, hint: str = "") -> None:
+    """Build `name` with `kwargs` on the meta device (no memory, no init cost) and turn a constructor TypeError into a ValueError that names the flag.
+
+    `flags` maps the constructor arguments the user set by flag to those flags (`img_size` -> `--img_size`), so the message says which flag to drop; other arguments come from the data, and `hint` says which kind of model fits it. Any other error of the meta build is left to the real build, which reports it with the real sizes.
+    """
+    flags = flags or {}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        with torch.device("meta"):
+            create_model(name, **kwargs)
+    except TypeError as e:
+        message = str(e)
+        if m := _UNEXPECTED_RE.search(message):
+            key = m.group(1)
+            if key in flags:
+                raise ValueError(f"{flags[key]} {kwargs[key]} does not apply to model {name!r} (its constructor takes no {key!r}); drop {flags[key]}, or pick a model that takes it") from e
+            raise ValueError(f"model {name!r} does not take {key!r}, which this data provides" + (f"; {hint}" if hint else "")) from e
+        if m := _MISSING_RE.search(message):
+            raise ValueError(f"model {name!r} needs {m.group(1)}, which this data does not provide" + (f"; {hint}" if hint else "")) from e
+        raise ValueError(f"model {name!r} cannot be built with {kwargs}: {message}" + (f"; {hint}" if hint else "")) from e
+    except ValueError:
+        raise  # an unknown model name, with close matches
+    except Exception:
+        return  # not a problem of the arguments' names: the real build reports it

@@ -33,10 +33,8 @@ class SetTransformer(nn.Module):
         mlp_ratio: float = 4,
         dropout: float = 0.0,
         relu_output: bool = False,
-        **kwargs,
     ):
         super().__init__()
-        assert not kwargs, f"SetTransformer got unknown arguments {sorted(kwargs)}"
         assert d_model % n_heads == 0, f"d_model={d_model} must be divisible by n_heads={n_heads}"
         self.n_genes, self.n_perts, self.n_contexts = n_genes, n_perts, n_contexts
         self.num_features = d_model

@@ -14,9 +14,8 @@ class SmallCNN(nn.Module):
     timm backbone.
     """
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.0, norm: str = "batch", **kwargs):
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.0, norm: str = "batch"):
         super().__init__()
-        assert not kwargs, f"SmallCNN got unknown arguments {sorted(kwargs)}"
         assert norm in ("batch", "group"), f"norm must be batch or group, got {norm!r}"
         # GroupNorm makes every example independent of its batch: data-parallel runs then equal one big batch exactly.
         make_norm = nn.BatchNorm2d if norm == "batch" else (lambda c: nn.GroupNorm(min(8, c), c))

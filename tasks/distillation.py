@@ -52,13 +52,15 @@ def make_teacher(arch: str, fpath: str, num_classes: int, runtime: Runtime, dtyp
     and its `img_size` is used unless `img_size` is given. Wrong architecture, class count or weights
     fail here, naming the missing, unexpected and mis-shaped keys.
     """
-    state = ckpt.load_file(fpath)
+    state = ckpt.load_file(fpath, what="--teacher_path")
     saved_args = state.get("args") if isinstance(state.get("args"), dict) else {}
     saved_model = saved_args.get("model")
     if saved_model and saved_model != arch:
         raise ValueError(f"--teacher_path {fpath} is a checkpoint of {saved_model!r} but --teacher_arch is {arch!r}; pass --teacher_arch {saved_model}")
     if img_size is None:
         img_size = saved_args.get("img_size")
+    flags = {"img_size": "--teacher_img_size"} if img_size is not None and not saved_args.get("img_size") else {}
+    models.check_model_kwargs(arch, {"num_classes": num_classes, "img_size": img_size}, flags=flags, hint="--teacher_arch must be an image classifier")
     teacher = models.create_model(arch, num_classes=num_classes, img_size=img_size)
     ckpt.load_model_state(teacher, ckpt.get_model_state(state), source=fpath, what="teacher")
     teacher.to(device=runtime.device, dtype=dtype)

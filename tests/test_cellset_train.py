@@ -13,6 +13,7 @@ import datasets
 import main
 from tools import simulate_h5ad
 from utils import checkpoint as ckpt
+from utils import errors
 
 TINY_SIM = {"n_cells": 1500, "n_genes": 40, "n_contexts": 2, "n_perts": 8, "genes_per_effect": 4, "umis_per_cell": 1000, "seed": 3, "chunk_cells": 512}
 METRICS = ("mae", "pds", "des", "baseline_ctrl_mae", "baseline_ctrl_pds", "baseline_pert_mae", "baseline_pert_pds")
@@ -115,7 +116,7 @@ def test_embedded_screen_is_simulated_on_first_use_but_a_missing_user_file_is_an
 
 def test_missing_h5ad_file_names_the_path(tmp_path):
     missing = str(tmp_path / "nope.h5ad")
-    with pytest.raises(FileNotFoundError, match=re.escape(missing)):
+    with pytest.raises(errors.BadInputError, match=re.escape(missing)):  # a FileNotFoundError at start-up is bad input (exit 2)
         main.main(_args(missing, tmp_path / "out", "--device", "cpu"))
 
 

@@ -327,3 +327,11 @@ def test_simulated_effects_are_stored_and_recoverable(sim_fpath) -> None:
             g = adata.var_names.get_loc(target)
             drops.append(x_ng[cells, g].mean() - ctrl_g[g])
     assert drops and np.mean(np.array(drops) < 0) > 0.9
+
+
+def test_auto_transform_takes_shallow_integer_counts_as_counts(tmp_path) -> None:
+    """Integer values are counts whatever their maximum: a shallow screen (max below 20) is normalized + log1p, not refused as ambiguous."""
+    x_ng = np.minimum(make_counts(200, 30), 12).astype(np.float32)
+    assert 1 < x_ng.max() <= 12
+    fpath = write_h5ad(str(tmp_path / "shallow.h5ad"), x_ng, make_obs(200))
+    assert h5ad.H5adFile(fpath).transform == "log1p"

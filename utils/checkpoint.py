@@ -12,11 +12,14 @@ import logging
 import os
 import random
 import re
+import shutil
+import tempfile
 
 import numpy as np
 import torch
 
 from utils import fs
+from utils.errors import OutputWriteError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,15 @@ def save_checkpoint(state: dict, output_dpath: str, step: int, keep_last: int = 
     fs.makedirs(output_dpath)
     fpath = get_checkpoint_fpath(output_dpath, step)
     cpu_state = to_cpu(state)
-    fs.write_atomic(fpath, lambda fd: torch.save(cpu_state, fd))
+    try:
+        fs.write_atomic(fpath, lambda fd: torch.save(cpu_state, fd))
+    except (OSError, RuntimeError) as e:
+        os_error = _find_os_error(e)
+        if os_error is None:
+            raise  # torch.save's RuntimeErrors that no failed write caused are bugs
+        raise OutputWriteError(
+            f"could not write checkpoint {fpath} ({_first_line(os_error)}{_free_space(output_dpath)}); the earlier checkpoints in {output_dpath} are intact: free space or fix permissions, then rerun with --resume auto"
+        ) from e
     # Only now, with the new file complete under its final name, may older ones go.
     if keep_last > 0:
         older = [f for _, f in list_checkpoints(output_dpath) if f != fpath]
@@ -93,16 +104,54 @@ def save_checkpoint(state: dict, output_dpath: str, step: int, keep_last: int = 
     return fpath
 
 
-def load_file(fpath: str) -> dict:
-    """Load a checkpoint or weights file safely (`.pt`/`.pth` with weights_only, or `.safetensors`), local or remote."""
-    if fpath.endswith(".safetensors"):
-        import safetensors.torch
+def _find_os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind `e` (torch's zip writer turns a failed write into a RuntimeError about positions, with the OSError as its context)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
-        if fs.is_remote(fpath):
-            return safetensors.torch.load(fs.read_bytes(fpath))
-        return safetensors.torch.load_file(fpath, device="cpu")
-    with fs.open_bytes(fpath) as fd:
-        return torch.load(fd, map_location="cpu", weights_only=True)
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _free_space(dpath: str) -> str:
+    if fs.is_remote(dpath) or not os.path.isdir(dpath):
+        return ""
+    return f"; {shutil.disk_usage(dpath).free / 2**20:.0f} MiB free there"
+
+
+WEIGHTS_FIX = "pass a checkpoint-*.pt written by main.py, a timm-style state dict (.pt/.pth) or a .safetensors file"
+
+
+def load_file(fpath: str, what: str = "checkpoint") -> dict:
+    """Load a checkpoint or weights file safely (`.pt`/`.pth` with weights_only, or `.safetensors`), local or remote.
+
+    Anything that is not one (a text file, a truncated or corrupt file, a pickle of arbitrary objects) is a ValueError naming `what` (the flag) and the path.
+    """
+    if not fs.isfile(fpath):
+        raise FileNotFoundError(f"{what} {fpath!r} does not exist" + ("; it is a directory" if fs.isdir(fpath) else "") + f"; {WEIGHTS_FIX}")
+    try:
+        if fpath.endswith(".safetensors"):
+            import safetensors.torch
+
+            if fs.is_remote(fpath):
+                state = safetensors.torch.load(fs.read_bytes(fpath))
+            else:
+                state = safetensors.torch.load_file(fpath, device="cpu")
+        else:
+            with fs.open_bytes(fpath) as fd:
+                state = torch.load(fd, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{what} {fpath!r} is not a readable checkpoint ({type(e).__name__}: {_first_line(e)}); {WEIGHTS_FIX}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} {fpath!r} holds a {type(state).__name__}, not a state dict; {WEIGHTS_FIX}")
+    return state
 
 
 def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
@@ -111,8 +160,8 @@ def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
         return None
     if resume != "auto":
         if not fs.isfile(resume):
-            raise FileNotFoundError(f"--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir")
-        return resume, load_file(resume)
+            raise FileNotFoundError(RESUME_MISSING.format(resume=resume))
+        return resume, load_file(resume, what="--resume")
     found = list_checkpoints(output_dpath)
     bad = []
     for step, fpath in found:
@@ -131,12 +180,33 @@ def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
     return None
 
 
+RESUME_MISSING = "--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir"
+
+
+def check_writable_dir(dpath: str, what: str = "--output_dir") -> None:
+    """Create `dpath` and write, fsync and delete a probe file in it: a path that is a file, a read-only filesystem or missing permissions fail here, in a second, not at the first checkpoint."""
+    if fs.is_remote(dpath):
+        fs.makedirs(dpath)
+        return
+    if os.path.exists(dpath) and not os.path.isdir(dpath):
+        raise ValueError(f"{what} {dpath!r} is a file, not a directory; pick a directory path (it is created if missing)")
+    try:
+        os.makedirs(dpath, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=dpath, prefix=".write-probe-") as fd:
+            fd.write(b"x")
+            fd.flush()
+            os.fsync(fd.fileno())
+    except OSError as e:
+        raise ValueError(f"{what} {dpath!r} is not writable ({e.strerror or _first_line(e)}); pick a directory this process can write") from e
+
+
 def check_output_dir(resume: str, output_dpath: str) -> None:
     """Refuse to mix two runs' checkpoints in one dir: keep-last-K and `--resume auto` go by step number and would pick the wrong run's files."""
     if resume and resume != "auto" and not fs.isfile(resume):
-        raise FileNotFoundError(f"--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir")
+        raise FileNotFoundError(RESUME_MISSING.format(resume=resume))
     if not output_dpath:
         return
+    check_writable_dir(output_dpath)
     found = list_checkpoints(output_dpath)
     if not found:
         return
@@ -161,7 +231,7 @@ def get_model_state(state: dict) -> dict:
 
 def load_model_weights(model: torch.nn.Module, fpath: str, strict: bool = True, what: str = "model") -> None:
     """Load weights from a file with a clear error that names the missing, unexpected and mis-shaped keys."""
-    load_model_state(model, get_model_state(load_file(fpath)), source=fpath, strict=strict, what=what)
+    load_model_state(model, get_model_state(load_file(fpath, what=what)), source=fpath, strict=strict, what=what)
 
 
 def _first(items: list[str], n: int = 8) -> str:

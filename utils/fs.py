@@ -106,6 +106,16 @@ def write_atomic(fpath: str, write_fn: Callable[[IO[bytes]], None]) -> None:
     _fsync_dir(dpath or ".")
 
 
+def write_text_atomic(fpath: str, text: str, what: str = "--output_dir") -> None:
+    """`write_atomic` for a small text file; a failed write is an `OutputWriteError` that names the file."""
+    from utils.errors import OutputWriteError
+
+    try:
+        write_atomic(fpath, lambda fd: fd.write(text.encode("utf-8")))
+    except OSError as e:
+        raise OutputWriteError(f"could not write {fpath} ({e.strerror or e}); check that {what} is on a writable filesystem with free space") from e
+
+
 def _fsync_dir(dpath: str) -> None:
     """Make the rename itself durable (the directory entry), not only the file's bytes."""
     fd = os.open(dpath, os.O_RDONLY)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 TRANSFORMS = ("auto", "log1p", "none")
 TARGET_SUM = 1e4  # normalize_total target before log1p, as scanpy's and cell-load's preprocessing
-# auto transform: integer values above this are raw counts; non-integer values below it are log1p data (log1p(10^4) ~ 9.2).
+# auto transform: non-negative integers above 1 are raw counts (any maximum); non-integer values below this are log1p data (log1p(10^4) ~ 9.2).
 AUTO_MAX_THRESHOLD = 20.0
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*[GT]\d{6,}(\.\d+)?$")
 ENSEMBL_COLUMNS = ("gene_id", "gene_ids", "ensembl_id", "ensembl_ids", "gene_ensembl_id", "feature_id", "ensembl")
@@ -268,12 +268,21 @@ class H5adFile:
         self.fpath = fpath
         self._log = log.info if log_info else log.debug
         self._pid = os.getpid()
-        self._h5_handle = self._open()
+        try:
+            self._h5_handle = self._open()
+        except OSError as e:
+            raise ValueError(f"--h5ad_path {fpath!r} is not an HDF5 (.h5ad) file ({e}); pass a file written by anndata (adata.write_h5ad)") from e
         h5 = self._h5_handle
         if "obs" not in h5 or not isinstance(h5["obs"], h5py.Group):
             raise ValueError(f"{fpath}: no obs group in anndata>=0.8 encoding (a legacy file: re-save it with a current anndata)")
         if "X" not in h5:
-            raise ValueError(f"{fpath}: no X matrix")
+            elsewhere = [name for name in ("raw/X", *(f"layers/{k}" for k in (h5["layers"].keys() if isinstance(h5.get("layers"), h5py.Group) else ()))) if name in h5]
+            found = (
+                f"; found {', '.join(elsewhere)}: re-save with adata.X set to the matrix to train on (e.g. adata.X = adata.raw.X or adata.layers['counts'])"
+                if elsewhere
+                else "; re-save it with the expression matrix in adata.X"
+            )
+            raise ValueError(f"{fpath}: no X matrix{found}")
         obs = h5["obs"]
         obs_columns = sorted(k for k in obs.keys() if k != obs.attrs.get("_index", "_index"))
         for col, flag in ((pert_col, "--pert_col"), (context_col, "--context_col")):
@@ -362,12 +371,17 @@ class H5adFile:
             self._log("%s: --h5ad_transform %s", self.fpath, transform)
             return transform
         values = self._sample_values()
+        n_bad = int(np.sum(~np.isfinite(values)))
+        if n_bad:
+            raise ValueError(
+                f"{self.fpath}: X holds nan or inf values ({n_bad} of {len(values)} sampled values); clean the matrix (e.g. np.nan_to_num) and save the file again: no transform makes them trainable"
+            )
         values = values[values != 0]
         if len(values) == 0:
             raise ValueError(f"{self.fpath}: cannot tell raw counts from log1p data: the sampled values of X are all zero; pass --h5ad_transform log1p (raw counts) or none (already normalized)")
         is_integer = bool(np.all(values == np.round(values)))
         vmin, vmax = float(values.min()), float(values.max())
-        if is_integer and vmax > AUTO_MAX_THRESHOLD and vmin >= 0:
+        if is_integer and vmin >= 0 and vmax > 1:  # log1p data is never all integers, whatever its maximum (a shallow screen's counts may stay below 20); 0/1 alone may be a binary matrix
             self._log("%s: X looks like raw counts (integers, max %g): applying log1p(normalize_total to %g) per cell", self.fpath, vmax, TARGET_SUM)
             return "log1p"
         if not is_integer and vmax < AUTO_MAX_THRESHOLD and vmin >= 0:

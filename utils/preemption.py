@@ -2,18 +2,45 @@
 
 `StopSignals` is a context manager that `Trainer.fit` holds: it replaces the SIGTERM and SIGINT handlers with one that only records the signal, and puts the previous handlers back on exit. The loop finishes the step it is in, agrees with the other processes on a stop step, writes a checkpoint, and raises `TrainingStopped`; the CLI turns that into one line and exit code 128 + signal number (143 for SIGTERM, 130 for SIGINT), like a shell does for a process killed by that signal.
 
-A second signal while the first is being handled restores the previous handlers and delivers itself again: Ctrl-C twice is a KeyboardInterrupt right away, a second SIGTERM the default termination (no checkpoint).
+A second signal while the first is being handled stops at once, without a checkpoint. In the program (`python main.py`, which calls `set_exit_at_once(True)`) that is `os._exit(128 + signum)` after one `stopped:` line: a KeyboardInterrupt could land inside TensorFlow's clean-up or a `__del__`, where Python only prints `Exception ignored` and goes on. The program also keeps exit-at-once handlers after training (checkpointing, shut-down): nothing is left to save then. Used as a library (tests, notebooks), the previous handlers are restored and the second signal delivered to them instead (Ctrl-C: a KeyboardInterrupt).
 
 Handlers can only be installed from the main thread (a Python rule); from another thread `StopSignals` does nothing and training cannot be stopped by a signal (logged once). A signal that is ignored when training starts (SIG_IGN) stays ignored.
 """
 
 import logging
+import os
 import signal
+import sys
 import threading
 
 log = logging.getLogger("train")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_EXIT_AT_ONCE = False  # set by the program (main.py's __main__), never by a library user
+
+
+def set_exit_at_once(enabled: bool) -> None:
+    """Program mode: a second signal, or any signal after training, exits the process at once (see the module docstring)."""
+    global _EXIT_AT_ONCE
+    _EXIT_AT_ONCE = enabled
+
+
+def exit_now(signum: int, frame=None) -> None:
+    """Signal handler: one `stopped:` line, then `os._exit(128 + signum)` (no Python clean-up, which TensorFlow can stall)."""
+    try:
+        sys.stderr.write(f"stopped: {signal.Signals(signum).name} while stopping or shutting down; exiting at once without a checkpoint\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(get_exit_code(signum))
+
+
+def setup_exit_now_handlers() -> None:
+    """SIGTERM and SIGINT exit at once from now on (main thread only; signals ignored at start stay ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, exit_now)
 
 
 def get_exit_code(signum: int) -> int:
@@ -57,6 +84,8 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         self._restore()
+        if _EXIT_AT_ONCE:
+            setup_exit_now_handlers()  # training is over: checkpointing and shut-down have nothing a second Ctrl-C should wait for
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -68,5 +97,7 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             return
+        if _EXIT_AT_ONCE:
+            exit_now(signum)
         self._restore()
         signal.raise_signal(signum)

@@ -1,0 +1,48 @@
+"""Errors the user fixes, and the phase that decides what an exception means.
+
+The CLI (`main.cli`) maps exceptions to exit codes by type, never by where in the code they were raised:
+
+- `UserError` and its subclasses carry their own exit code and a one-line message that names the bad value and the fix. They may be raised at any point: a corrupt record found mid-epoch is still bad input, a full disk at checkpoint time is still an output problem.
+- Inside `startup()` (flags, paths, data, model, optimizer, resume: everything before the first train step) the checks of every component raise plain `ValueError` / `FileNotFoundError` (and the set-up errors listed in `STARTUP_TYPES`); `startup()` turns them into `BadInputError`. The same types raised once training runs are bugs and keep their traceback.
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+EXIT_BAD_INPUT = 2  # argparse's code for usage errors too
+EXIT_DIVERGED = 3
+EXIT_OUTPUT_WRITE = 4
+
+
+class UserError(Exception):
+    """Something the user fixes (input, environment): the CLI prints `error: <message>` and exits `exit_code`, without a traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInputError(UserError, ValueError):
+    """A flag, file or dataset that cannot work as given (exit 2)."""
+
+
+class OutputWriteError(UserError, OSError):
+    """Writing to --output_dir failed (disk full, read-only, permissions, a bucket gone): exit 4; earlier checkpoints are intact."""
+
+    exit_code = EXIT_OUTPUT_WRITE
+
+
+def _startup_types() -> tuple[type[BaseException], ...]:
+    from utils.device import DeviceUnavailableError
+    from utils.import_order import ImportOrderError
+
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ImportOrderError, DeviceUnavailableError)
+
+
+@contextlib.contextmanager
+def startup() -> Iterator[None]:
+    """The start-up phase: every check raises a plain ValueError-style error with its one-line message; here it becomes a `BadInputError` (exit 2)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except _startup_types() as e:
+        raise BadInputError(str(e)) from e
