@@ -12,7 +12,7 @@ REPO_URL="${REPO_URL:-$(git -C "$SCRIPT_DPATH" remote get-url origin 2>/dev/null
 BRANCH="${BRANCH:-main}"
 REMOTE_DIR="${REMOTE_DIR:-tpu-train}"         # on the workers; relative paths are relative to the remote home
 VENV_DIR="${VENV_DIR:-.venv}"                  # on the workers; relative paths are relative to REMOTE_DIR
-PYTHON="${PYTHON:-python3}"                    # interpreter that creates the venv; requirements.txt needs Python >= 3.11
+PYTHON="${PYTHON:-}"                           # interpreter that creates the venv (requirements.txt needs Python >= 3.11); empty: python3 if it is >= 3.11, else python3.11, installed with apt-get where missing
 TORCH_XLA_TPU="${TORCH_XLA_TPU:-torch_xla[tpu]==2.9.0}"   # adds libtpu on top of requirements.txt
 RECIPE="${RECIPE:-}"                           # optional: passed to main.py as --config RECIPE
 LAUNCH_CMD="${LAUNCH_CMD:-python main.py}"     # `python` is the venv's python; words are split on spaces
@@ -29,7 +29,9 @@ Usage: $(basename "$0") [--step clone|venv|launch|all] [--dry-run] [--foreground
 Redeploy to a TPU VM and launch training on all workers, each step one
 'gcloud compute tpus tpu-vm ssh \$TPU_NAME --worker=all' call:
   clone   reclone REPO_URL into REMOTE_DIR, or fetch and hard-reset it to origin/BRANCH
-  venv    recreate VENV_DIR (python -m venv --clear), pip install -r requirements.txt and '$TORCH_XLA_TPU'
+  venv    recreate VENV_DIR (python -m venv --clear), pip install -r requirements.txt and '$TORCH_XLA_TPU';
+          the interpreter is PYTHON, or python3 if it is >= 3.11, else python3.11 (on a worker that
+          lacks it, e.g. Ubuntu 22.04: sudo apt-get install -y python3.11 python3.11-venv)
   launch  PJRT_DEVICE=TPU $LAUNCH_CMD [--config RECIPE] MAIN_ARGS, in the background with nohup
           (log: REMOTE_DIR/LOG_FILE, pid: REMOTE_DIR/PID_FILE), or in the foreground with --foreground
 
@@ -43,7 +45,7 @@ Options:
 Environment (current value):
   TPU_NAME=$TPU_NAME ZONE=$ZONE PROJECT=$PROJECT
   REPO_URL=$REPO_URL BRANCH=$BRANCH
-  REMOTE_DIR=$REMOTE_DIR VENV_DIR=$VENV_DIR PYTHON=$PYTHON
+  REMOTE_DIR=$REMOTE_DIR VENV_DIR=$VENV_DIR PYTHON=${PYTHON:-(auto: python3 if >= 3.11, else python3.11)}
   RECIPE=$RECIPE LAUNCH_CMD=$LAUNCH_CMD LOG_FILE=$LOG_FILE PID_FILE=$PID_FILE
 
 Example:
@@ -123,10 +125,24 @@ step_clone() {
   on_all_workers "if [ -d $D/.git ]; then git -C $D fetch --prune origin && git -C $D checkout -f -B $(q "$BRANCH") $(q "origin/$BRANCH") && git -C $D reset --hard $(q "origin/$BRANCH"); else rm -rf $D && git clone --branch $(q "$BRANCH") $(q "$REPO_URL") $D; fi"
 }
 
+# The apt-get commands that give an Ubuntu 22.04 worker (Python 3.10) a Python 3.11 from Ubuntu's universe repo; python3.11-venv holds ensurepip, without which `python3.11 -m venv` fails. The lock timeout waits for unattended-upgrades, which often holds the dpkg lock right after a TPU VM boots.
+APT_GET="apt-get -o DPkg::Lock::Timeout=300"
+APT_INSTALL_PY311="sudo -n env DEBIAN_FRONTEND=noninteractive $APT_GET install -y -q python3.11 python3.11-venv"
+
+# Remote shell code that sets $py to the interpreter for the venv: PYTHON when the user set it (checked to be >= 3.11), else python3 when it is >= 3.11, else python3.11, which is installed with apt-get when it (or its ensurepip) is missing.
+get_remote_py_setup() {
+  if [[ -n "$PYTHON" ]]; then
+    local py_check="import sys; sys.version_info >= (3, 11) or sys.exit(\"error: requirements.txt needs Python >= 3.11, PYTHON=$PYTHON is \" + sys.version.split()[0] + \"; point PYTHON at Python 3.11 or newer, or unset it to let run_commands.sh pick or install python3.11\")"
+    printf '%s' "py=$(q "$PYTHON") && \"\$py\" -c $(q "$py_check")"
+    return
+  fi
+  local fail="echo \"error: \$(hostname): could not install Python 3.11 (python3 is \$(python3 -V 2>&1)); requirements.txt needs Python >= 3.11: run 'sudo apt-get install -y python3.11 python3.11-venv' on every worker (Ubuntu 22.04: universe repo), or install Python >= 3.11 with its venv module another way and rerun with PYTHON=/path/to/python3.X\" >&2; exit 1"
+  printf '%s' "if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then py=python3; else py=python3.11; if ! python3.11 -c 'import ensurepip' 2>/dev/null; then echo \"\$(hostname): python3 is \$(python3 -V 2>&1), requirements.txt needs >= 3.11: installing python3.11 python3.11-venv with apt-get\" >&2; { sudo -n $APT_GET update -q && $APT_INSTALL_PY311; } || { $fail; }; fi; fi"
+}
+
 step_venv() {
-  echo "== venv: recreate $REMOTE_DIR/$VENV_DIR and install requirements + $TORCH_XLA_TPU" >&2
-  local py_check="import sys; assert sys.version_info >= (3, 11), \"requirements.txt needs Python >= 3.11, $PYTHON is \" + sys.version.split()[0] + \"; set PYTHON=python3.11 or newer\""
-  on_all_workers "cd $D && $(q "$PYTHON") -c $(q "$py_check") && $(q "$PYTHON") -m venv --clear $V && $V/bin/python -m pip install --upgrade pip && $V/bin/python -m pip install -r requirements.txt && $V/bin/python -m pip install $(q "$TORCH_XLA_TPU")"
+  echo "== venv: recreate $REMOTE_DIR/$VENV_DIR with ${PYTHON:-python3 if >= 3.11, else python3.11 (apt-get installed where missing)} and install requirements + $TORCH_XLA_TPU" >&2
+  on_all_workers "cd $D && $(get_remote_py_setup) && \"\$py\" -m venv --clear $V && $V/bin/python -m pip install --upgrade pip && $V/bin/python -m pip install -r requirements.txt && $V/bin/python -m pip install $(q "$TORCH_XLA_TPU")"
 }
 
 step_launch() {

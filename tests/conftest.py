@@ -1,7 +1,9 @@
-"""Shared test setup: PJRT on CPU, torch_xla imported before TensorFlow, one digits dataset per session."""
+"""Shared test setup: PJRT on CPU, torch_xla imported before TensorFlow, one digits dataset per session, and no process of the session left running at its end."""
 
 import os
+import signal
 import sys
+import uuid
 
 os.environ.setdefault("PJRT_DEVICE", "CPU")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py: OpenMP workers must not spin against the TF input threads
@@ -10,10 +12,60 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
+from tests import proc  # noqa: E402
 from utils import import_order  # noqa: E402
 
 # torch_xla before TensorFlow (see utils/import_order.py), for every test module in this process.
 import_order.setup_import_order()
+
+# Every process this session starts inherits the tag (tests/proc.py passes it on even with an explicit env), so a leftover is found however it was started and wherever it was reparented. A fresh value per session: a pytest run inside a test must not claim its parent's processes.
+SESSION_TAG = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+os.environ[proc.SESSION_ENV] = SESSION_TAG
+
+
+def find_leftovers() -> list[proc.ProcInfo]:
+    """Live processes that this session started: descendants of this process, and processes anywhere that carry the session tag."""
+    me = os.getpid()
+    live = proc.list_live()
+    parent = {p.pid: p.ppid for p in live}
+    ancestors, pid = set(), me
+    while pid in parent and pid not in ancestors:
+        ancestors.add(pid)
+        pid = parent[pid]
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid in parent and pid not in seen:
+            seen.add(pid)
+            pid = parent[pid]
+            if pid == me:
+                return True
+        return False
+
+    return [p for p in live if p.pid not in ancestors and (descends(p.pid) or proc.has_env(p.pid, proc.SESSION_ENV, SESSION_TAG))]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a test left a process running, and kill it, so CI never leaves anything behind."""
+    leftovers = find_leftovers()
+    if not leftovers:
+        return
+    for p in leftovers:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    lines = [f"  pid {p.pid} (parent {p.ppid}, group {p.pgid}): {p.cmdline[:300]}" for p in leftovers]
+    message = f"{len(leftovers)} process(es) started by this test session were still running at its end (killed now); start subprocesses with tests/proc.py:"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print("\n".join([message, *lines]), file=sys.stderr)
+    else:
+        reporter.write("\n")
+        reporter.write_sep("!", "processes left running", red=True)
+        for line in [message, *lines]:
+            reporter.write_line(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)

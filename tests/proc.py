@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 KILL_GRACE_S = 5.0  # after SIGTERM, SIGKILL whatever is left; after SIGKILL, give up waiting
 POLL_S = 0.05
+LINGER_S = 2.0  # a child that exited while processes it started still hold its output pipes: how long they get before they are killed
 TAG_ENV = "TESTS_PROC_TAG"  # one value per child started here, inherited by everything it starts
 SESSION_ENV = "TESTS_SESSION_TAG"  # one value per pytest session (tests/conftest.py), passed on even when a caller gives its own `env`
 
@@ -63,6 +64,14 @@ def has_env(pid: int, key: str, value: str) -> bool:
     return f"{key}={value}".encode() in data.split(b"\0")
 
 
+class TimedOut(subprocess.TimeoutExpired):
+    """`subprocess.TimeoutExpired` whose message ends with the last output of the killed process, so a test failure shows where it hung."""
+
+    def __str__(self) -> str:
+        text = "".join(x if isinstance(x, str) else x.decode(errors="replace") for x in (self.stdout, self.stderr) if x)
+        return f"{super().__str__()} (everything it started was killed); the end of its output:\n{text[-3000:]}"
+
+
 class _TaggedPopen(subprocess.Popen):
     """A Popen in a new session whose environment carries a fresh `TESTS_PROC_TAG`."""
 
@@ -103,7 +112,7 @@ def kill_group(proc: _TaggedPopen, grace_s: float = KILL_GRACE_S) -> None:
 
 
 def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """`subprocess.run(cmd, ...)` in a new session; on timeout everything it started is killed and `subprocess.TimeoutExpired` raised with all the output it wrote. Text output captured by default."""
+    """`subprocess.run(cmd, ...)` in a new session; on timeout everything it started is killed and `TimedOut` (a `subprocess.TimeoutExpired`) raised with all the output it wrote. Text output captured by default."""
     if kwargs.pop("capture_output", True):
         if "stdout" in kwargs or "stderr" in kwargs:
             raise ValueError("stdout and stderr arguments may not be used with capture_output (pass capture_output=False)")
@@ -112,11 +121,11 @@ def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProc
     proc = _TaggedPopen(cmd, **kwargs)
     try:
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = _communicate(proc, timeout)
         except subprocess.TimeoutExpired:
             kill_group(proc)
             out, err = _drain(proc)
-            raise subprocess.TimeoutExpired(proc.args, timeout, output=out, stderr=err) from None
+            raise TimedOut(proc.args, timeout, output=out, stderr=err) from None
         except BaseException:  # KeyboardInterrupt, pytest-timeout's Failed: nothing may survive the test
             kill_group(proc)
             _drain(proc)
@@ -127,12 +136,32 @@ def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def _communicate(proc: _TaggedPopen, timeout: float) -> tuple[str | bytes | None, str | bytes | None]:
+    """`proc.communicate(timeout=timeout)`, except that once the child has exited, processes it left holding its pipes get `LINGER_S` to finish and are then killed: the run is over when the child is."""
+    deadline = time.monotonic() + timeout
+    exited_at = None
+    while True:
+        now = time.monotonic()
+        try:
+            return proc.communicate(timeout=max(0.0, min(deadline - now, LINGER_S / 4)))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+        if proc.poll() is None:
+            continue
+        exited_at = exited_at or time.monotonic()
+        if time.monotonic() - exited_at >= LINGER_S:
+            kill_group(proc)
+            return _drain(proc)
+
+
 def _drain(proc: _TaggedPopen) -> tuple[str | bytes | None, str | bytes | None]:
     """The rest of a killed child's output; bounded, in case something outside its tree still holds a pipe."""
     try:
         return proc.communicate(timeout=KILL_GRACE_S)
     except subprocess.TimeoutExpired:
-        return None, None
+        empty = "" if proc.text_mode else b""
+        return (empty if proc.stdout else None), (empty if proc.stderr else None)
 
 
 @contextlib.contextmanager

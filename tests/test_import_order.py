@@ -5,11 +5,13 @@ import sys
 
 import pytest
 
+from tests import proc
+
 REPO = __file__.rsplit("/tests/", 1)[0]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env={"PJRT_DEVICE": "CPU", "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return proc.run([sys.executable, "-c", code], cwd=REPO, timeout=120, env={"PJRT_DEVICE": "CPU", "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 @pytest.mark.slow

@@ -14,15 +14,16 @@ import pytest
 import torch
 
 import models
+from tests import proc
 from utils import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-4  # float32 reductions run in a different order when sharded
 
 
-def _run(cmd: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], env_extra: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "PJRT_DEVICE": "CPU", **env_extra}
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = proc.run(cmd, cwd=REPO, env=env, timeout=timeout_s)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
@@ -31,7 +32,7 @@ def _assert_same_weights(got: dict, want: dict, lr: float) -> None:
     """Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise can flip its sign and move that one weight by up to ~lr, so the bulk is compared tightly and the worst element against the LR."""
     for k, v in want.items():
         diff = (got[k].double() - v.double()).abs()
-        assert diff.mean() < 1e-6 and diff.max() <= lr, (k, diff.mean().item(), diff.max().item())
+        assert diff.mean() < 5e-6 and diff.max() <= lr, (k, diff.mean().item(), diff.max().item())  # BatchNorm running stats sum batch means in another order per shard: ~1e-6 on average after 4 steps
 
 
 def _losses(out_dpath) -> list[float]:
@@ -41,6 +42,7 @@ def _losses(out_dpath) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.xla
+@pytest.mark.timeout(600)  # three XLA runs, about 25 s each on 2 cores
 def test_spmd_and_fsdp_match_one_device(digits_dir, tmp_path):
     common = [
         sys.executable,
@@ -64,7 +66,7 @@ def test_spmd_and_fsdp_match_one_device(digits_dir, tmp_path):
     results = {}
     for parallel, env in runs.items():
         out = tmp_path / parallel
-        r = _run([*common, "--parallel", parallel, "--output_dir", str(out)], env)
+        r = _run([*common, "--parallel", parallel, "--output_dir", str(out)], env, timeout_s=180)
         if parallel != "none":
             assert "4 device(s) for the global batch" in r.stdout and "8 per device" in r.stdout
         results[parallel] = (_losses(out), ckpt.list_checkpoints(str(out))[0][1])
@@ -84,7 +86,8 @@ def test_torchrun_ddp_two_processes_match_one(tmp_path):
     results = {}
     for n in (1, 2):
         out = tmp_path / f"ddp{n}.pt"
-        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "tests/ddp_worker.py", str(out)], {"OMP_NUM_THREADS": "1"})
+        # A run that hangs at exit (tools/stress_ddp_teardown.py counts them) fails here in 2 minutes with its output, and takes its workers with it.
+        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "tests/ddp_worker.py", str(out)], {"OMP_NUM_THREADS": "1"}, timeout_s=120)
         results[n] = torch.load(out, weights_only=True)
     assert results[2]["world_size"] == 2
     assert results[2]["losses"] == pytest.approx(results[1]["losses"], rel=1e-5)

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
 
 import main
-from tests import fault_models
+from tests import fault_models, proc
 from utils import checkpoint as ckpt
 from utils import preemption
 
@@ -57,17 +58,17 @@ def full_run(digits_dir, tmp_path_factory) -> str:
 def test_sigterm_mid_epoch_checkpoints_then_resume_matches_the_uninterrupted_run(digits_dir, full_run, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "FAULT_SLOW_STEP_S": "0.4", "PJRT_DEVICE": "CPU"}
-    with open(tmp_path / "stderr.txt", "w") as err_fd:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_fd, text=True)
-        killer = threading.Timer(180, proc.kill)  # never hang the suite
-        killer.start()
+    # pytest-timeout interrupts a hung read below; leaving the `with` kills the child and anything it started.
+    with (
+        open(tmp_path / "stderr.txt", "w") as err_fd,
+        proc.Popen([sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_fd, text=True) as child,
+    ):
         stdout = []
-        for line in proc.stdout:
+        for line in child.stdout:
             stdout.append(line)
             if "INFO train: step 2/12" in line:  # mid-epoch 1: step 2 is still finishing (its log line comes first), later steps take 0.4 s
-                proc.send_signal(signal.SIGTERM)
-        rc = proc.wait()
-        killer.cancel()
+                child.send_signal(signal.SIGTERM)
+        rc = child.wait()
     stderr = (tmp_path / "stderr.txt").read_text()
     assert rc == 143, (rc, "".join(stdout)[-3000:], stderr[-3000:])
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -223,7 +224,7 @@ def test_torchrun_processes_agree_on_the_stop_step(digits_dir, tmp_path):
     out = tmp_path / "ddp"
     argv = [*_argv(digits_dir, out, "--model", "sigterm_rank1_tiny_cnn", "--mixup", "0", "--log_every", "4")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.fault_main", *argv]
-    r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    r = proc.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     output = r.stdout + r.stderr
     assert r.returncode != 0, output[-3000:]
     assert "stopped by SIGTERM after step 4 (epoch 1, step 4 of 6)" in output, output[-3000:]
@@ -238,3 +239,26 @@ def test_resuming_a_finished_run_only_evaluates(digits_dir, full_run, tmp_path):
     summary = main.main([*_argv(digits_dir, out), "--resume", "auto"])
     assert summary["steps"] == 12 and summary["n_examples"] == 360
     assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [12, 6]
+
+
+def test_second_sigint_while_stopping_exits_at_once_without_a_checkpoint(digits_dir, tmp_path):
+    """`python main.py`: Ctrl-C twice during a step stops at once (exit 130, one `stopped:` line), never swallowed by TF's clean-up, and no half-written checkpoint stays behind."""
+    from tests import proc
+
+    out = tmp_path / "twice"
+    env = {**os.environ, "FAULT_SLOW_STEP_S": "1.5", "PJRT_DEVICE": "CPU"}
+    with proc.Popen([sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        killer = threading.Timer(180, child.kill)  # never hang the suite
+        killer.start()
+        for line in child.stdout:
+            if "INFO train: step 2/12" in line:  # step 3 now sleeps 1.5 s in its forward: both signals land inside it
+                child.send_signal(signal.SIGINT)
+                time.sleep(0.2)
+                child.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = child.communicate(timeout=60)
+        killer.cancel()
+    assert child.returncode == 130, (child.returncode, stderr[-3000:])
+    assert stderr.rstrip().splitlines()[-1] == "stopped: SIGINT while stopping or shutting down; exiting at once without a checkpoint", stderr[-3000:]
+    assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert not ckpt.list_checkpoints(str(out)) and not [f for f in os.listdir(out) if ".tmp." in f]

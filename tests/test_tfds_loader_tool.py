@@ -8,13 +8,15 @@ import sys
 import numpy as np
 import pytest
 
+from tests import proc
+
 REPO_DPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL_FPATH = os.path.join(REPO_DPATH, "tools", "test_tfds_loader.py")
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PJRT_DEVICE": "CPU", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, TOOL_FPATH, *argv], capture_output=True, text=True, env=env, cwd=str(REPO_DPATH), timeout=300)
+    return proc.run([sys.executable, TOOL_FPATH, *argv], env=env, cwd=str(REPO_DPATH), timeout=240)
 
 
 def test_describes_times_and_draws_digits(digits_dir, tmp_path):
@@ -22,11 +24,11 @@ def test_describes_times_and_draws_digits(digits_dir, tmp_path):
 
     grid_fpath = tmp_path / "grid.png"
     pp = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
-    proc = _run(
+    r = _run(
         "--data-dir", digits_dir, "--split", "train", "--num-samples", "8", "--pp", pp, "--batch-size", "32", "--time-it", "--seconds", "1", "--warmup-seconds", "0.5", "--save-grid", str(grid_fpath)
     )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     assert "sklearn_digits/1.0.0 split 'train' (1437 examples)" in out
     assert re.search(r"image\s+shape \(32, 32, 3\)\s+dtype float32\s+min -1\s+max 1\s+mean -0\.\d+", out), out
     assert re.search(r"label\s+shape \(\)\s+dtype int64\s+min \d\s+max \d", out), out
@@ -53,8 +55,8 @@ def test_describes_times_and_draws_digits(digits_dir, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(digits_dir, argv, message):
-    proc = _run("--data-dir", digits_dir, *argv)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and re.search(message, errors[0]), proc.stderr
-    assert "Traceback" not in proc.stderr
+    r = _run("--data-dir", digits_dir, *argv)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0]), r.stderr
+    assert "Traceback" not in r.stderr

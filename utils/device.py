@@ -6,9 +6,11 @@ branches on the device type.
 """
 
 import dataclasses
+import gc
 import itertools
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -141,6 +143,7 @@ class Runtime:
         return f"{self.kind} ({self.device}), parallel {self.parallel}, process {self.rank} of {self.world_size}, {self.n_devices} device(s) for the global batch, precision {self.precision}"
 
     def close(self) -> None:
+        """End of the run: tear down what this runtime set up (the default process group under torchrun); once per process, nothing runs on the runtime afterwards."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -197,6 +200,14 @@ class XlaRuntime(Runtime):
 
     def wait(self):
         self._xm.wait_device_ops()
+
+    def close(self):
+        # XLA runs asynchronously: queued executions finish before teardown starts. close() runs in main.py's `finally`, so a failure here is logged, never raised over an exception that may already be on its way out.
+        try:
+            self._xm.wait_device_ops()
+        except Exception:
+            log.exception("waiting for the XLA device at exit failed")
+        super().close()
 
     def compile_count(self):
         data = self._met.metric_data("CompileTime")
@@ -268,7 +279,10 @@ class SpmdRuntime(XlaRuntime):
 
 
 class DdpRuntime(Runtime):
-    """torchrun + DistributedDataParallel on CUDA (nccl) or CPU (gloo)."""
+    """torchrun + DistributedDataParallel on CUDA (nccl) or CPU (gloo).
+
+    The runtime owns teardown order. A DDP wrapper's C++ Reducer holds a reference to the process group; if the Reducer is the last holder (the wrapper freed after `destroy_process_group`), `~ProcessGroupGloo` runs inside the Reducer's pybind dealloc with the GIL held and joins the gloo worker threads, while a worker that is destroying the last finished collective (its tensors have Python objects) waits for the GIL: a deadlock at exit (5 of 20 runs of tests/ddp_worker.py on 2 CPU cores; tools/stress_ddp_teardown.py counts them). So `close()` drops every wrapper's Reducer while the process group is still registered, and the last reference goes with `destroy_process_group`, whose ProcessGroup binding releases the GIL before destructing.
+    """
 
     def __init__(self, kind: str, precision: str = "fp32"):
         backend = "nccl" if kind == "cuda" else "gloo"
@@ -280,11 +294,28 @@ class DdpRuntime(Runtime):
             torch.distributed.init_process_group(backend=backend)
         world = torch.distributed.get_world_size()
         super().__init__(kind=kind, device=device, rank=torch.distributed.get_rank(), world_size=world, precision=precision, parallel="ddp", n_devices=world)
+        self._ddp_models = weakref.WeakSet()  # weak: the caller owns its model; close() only needs the ones still alive
 
     def wrap_model(self, model):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, device_ids=[self.device.index] if self.kind == "cuda" else None)
+        ddp = DDP(model, device_ids=[self.device.index] if self.kind == "cuda" else None)
+        self._ddp_models.add(ddp)
+        return ddp
+
+    def close(self):
+        if self.kind == "cuda":
+            try:
+                torch.cuda.synchronize(self.device)  # the last NCCL kernels are done before their communicator goes
+            except Exception:  # as XlaRuntime.close: never raise over the exception main.py's `finally` may be handling
+                log.exception("waiting for the CUDA device at exit failed")
+        # No barrier: on an error path (close() runs in main.py's `finally`) a peer may sit in another collective, and a barrier would pair with it and hang until the process-group timeout; every collective we issue is waited for where it is issued, and DDP waits for its gradient buckets within backward.
+        for ddp in list(self._ddp_models):
+            # What DDP holds that is bound to the process group: the same three attributes its __getstate__ drops. The logger holds the Reducer too.
+            ddp.logger = ddp.reducer = ddp.process_group = None
+        self._ddp_models.clear()
+        gc.collect()  # anything unreachable that still holds the group (a wrapper or a Work in a reference cycle) goes now, while the group is registered
+        super().close()
 
 
 PARALLEL = ("auto", "none", "spmd", "fsdp", "pjrt", "ddp")
