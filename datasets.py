@@ -51,6 +51,7 @@ class Data:
     num_classes: int = 0
     info: dict = dataclasses.field(default_factory=dict)
     cells: "CellSetData | None" = None  # kind "cellset": genes, perturbation and context names, the training-perturbation mean
+    image_shape: tuple[int, ...] | None = None  # kind "image": one train image as the model sees it (c, h, w), for the start-up check of the model's input size
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         return self.make_train_batches(epoch, start_step)
@@ -100,6 +101,14 @@ def check_num_classes(flag_value: int | None, builder, train_spec: dict, pp_trai
             f"--num_classes {flag_value} is smaller than the {data_classes} classes of {builder.info.full_name}; labels >= {flag_value} would index past the model head. Drop --num_classes (default: from the dataset) or pass >= {data_classes}"
         )
     return flag_value or data_classes
+
+
+def _get_image_shape(train_spec: dict) -> tuple[int, ...] | None:
+    """(c, h, w) of one train image (NHWC in tf.data, NCHW in torch); None when the pp string leaves the size open."""
+    if "image" not in train_spec or train_spec["image"].shape.rank != 4:
+        return None
+    _, h, w, c = train_spec["image"].shape.as_list()
+    return None if None in (h, w, c) else (c, h, w)
 
 
 def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int) -> Data:
@@ -152,6 +161,7 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
         make_train_batches=train_batches,
         make_eval_batches=lambda: ip.iterate_torch(eval_ds, source=f"{builder.info.full_name} split {eval_split!r} in {builder.data_dir}"),
         num_classes=num_classes,
+        image_shape=_get_image_shape(train_spec),
         info={"name": builder.info.full_name, "train_split": train_split, "eval_split": eval_split, "pp_train": pp_train, "pp_eval": pp_eval, "data_dir": data_dpath},
     )
 

@@ -244,6 +244,13 @@ def _describe_range(lo, hi, lo_incl: bool, hi_incl: bool) -> str:
 
 
 def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for action in parser._actions:  # nan and inf pass every comparison below as False or True at random: no float flag takes them
+        if action.type is not float or getattr(args, action.dest, None) is None:
+            continue
+        values = getattr(args, action.dest)
+        for value in values if isinstance(values, list) else [values]:
+            if not math.isfinite(value):
+                parser.error(f"{action.option_strings[0]} must be a finite number, got {value}")
     for name, (lo, hi, lo_incl, hi_incl) in RANGES.items():
         value = getattr(args, name)
         if value is None:
@@ -467,6 +474,8 @@ def build_trainer(args: argparse.Namespace, runtime):
 
     num_classes = args.num_classes or data.num_classes
     model_kwargs = get_model_kwargs(args, data)
+    if data.image_shape is not None:
+        models.check_model_input(args.model, model_kwargs, data.image_shape)
     model = models.create_model(args.model, **model_kwargs)
     if args.init_checkpoint:
         ckpt.load_model_weights(model, args.init_checkpoint, what="--init_checkpoint")

@@ -68,3 +68,24 @@ def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = N
         raise  # an unknown model name, with close matches
     except Exception:
         return  # not a problem of the arguments' names: the real build reports it
+
+
+def check_model_input(name: str, kwargs: dict, input_shape: tuple[int, ...]) -> None:
+    """One forward of `name` on the meta device with a batch of `input_shape` inputs: an input size the model refuses (a ViT built for another --img_size) fails at start-up, not in the first train step."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
+            x = torch.empty((2, *input_shape))
+    except Exception:
+        return  # the real build reports its own errors
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except (AssertionError, ValueError, RuntimeError) as e:
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "meta" in text.lower():
+            return  # an op without a meta kernel: says nothing about the input
+        raise ValueError(
+            f"model {name!r} ({', '.join(f'{k}={v}' for k, v in kwargs.items())}) does not take the train images of shape {tuple(input_shape)} (c, h, w): {text}; make --img_size match the pp string's output size, or resize to the model's size in --big_vision_pp_train/--big_vision_pp_eval"
+        ) from e
