@@ -78,7 +78,7 @@ def test_spmd_and_fsdp_match_one_device(digits_dir, tmp_path):
     plain = models.create_model("tiny_cnn", num_classes=10)
     ckpt.load_model_weights(plain, results["fsdp"][1])
     base = ckpt.load_file(base_fpath)["model"]
-    _assert_same_weights(plain.state_dict(), base, lr=1e-3)
+    _assert_same_weights(plain.state_dict(), base, lr=4 * 1e-3)  # 4 steps at lr 1e-3: a flipped-sign Adam update can move one weight by up to lr per step
 
 
 @pytest.mark.slow
