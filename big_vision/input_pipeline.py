@@ -215,7 +215,7 @@ def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, sour
 
     A corrupt record (TF's DataLossError, raised mid-epoch) becomes a `BadInputError` naming `source` (dataset, split, directory) and the fix: the CLI prints one line and exits 2.
     """
-    from utils.errors import BadInputError
+    from utils.errors import BadInputError, first_line
 
     it = ds.as_numpy_iterator()
     while True:
@@ -224,6 +224,5 @@ def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, sour
         except StopIteration:
             return
         except tf.errors.DataLossError as e:
-            detail = (e.message or str(e)).strip().splitlines()[0]
-            raise BadInputError(f"corrupt record in {source} ({detail}); the prepared files are damaged: restore them, or delete that directory and prepare the dataset again") from e
+            raise BadInputError(f"corrupt record in {source} ({first_line(e)}); the prepared files are damaged: restore them, or delete that directory and prepare the dataset again") from e
         yield {k: _to_torch(k, v) for k, v in batch.items() if (keys is None or k in keys) and v.dtype != object}

@@ -83,7 +83,9 @@ def check_model_input(name: str, kwargs: dict, input_shape: tuple[int, ...]) -> 
         with torch.no_grad():
             model.eval()(x)
     except (AssertionError, ValueError, RuntimeError) as e:
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        from utils.errors import first_line
+
+        text = first_line(e)
         if "meta" in text.lower():
             return  # an op without a meta kernel: says nothing about the input
         raise ValueError(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from utils import fs
-from utils.errors import OutputWriteError
+from utils.errors import OutputWriteError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def save_checkpoint(state: dict, output_dpath: str, step: int, keep_last: int = 
         if os_error is None:
             raise  # torch.save's RuntimeErrors that no failed write caused are bugs
         raise OutputWriteError(
-            f"could not write checkpoint {fpath} ({_first_line(os_error)}{_free_space(output_dpath)}); the earlier checkpoints in {output_dpath} are intact: free space or fix permissions, then rerun with --resume auto"
+            f"could not write checkpoint {fpath} ({first_line(os_error)}{_free_space(output_dpath)}); the earlier checkpoints in {output_dpath} are intact: free space or fix permissions, then rerun with --resume auto"
         ) from e
     # Only now, with the new file complete under its final name, may older ones go.
     if keep_last > 0:
@@ -113,11 +113,6 @@ def _find_os_error(e: BaseException | None) -> OSError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _free_space(dpath: str) -> str:
@@ -148,7 +143,7 @@ def load_file(fpath: str, what: str = "checkpoint") -> dict:
             with fs.open_bytes(fpath) as fd:
                 state = torch.load(fd, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{what} {fpath!r} is not a readable checkpoint ({type(e).__name__}: {_first_line(e)}); {WEIGHTS_FIX}") from e
+        raise ValueError(f"{what} {fpath!r} is not a readable checkpoint ({type(e).__name__}: {first_line(e)}); {WEIGHTS_FIX}") from e
     if not isinstance(state, dict):
         raise ValueError(f"{what} {fpath!r} holds a {type(state).__name__}, not a state dict; {WEIGHTS_FIX}")
     return state
@@ -197,7 +192,7 @@ def check_writable_dir(dpath: str, what: str = "--output_dir") -> None:
             fd.flush()
             os.fsync(fd.fileno())
     except OSError as e:
-        raise ValueError(f"{what} {dpath!r} is not writable ({e.strerror or _first_line(e)}); pick a directory this process can write") from e
+        raise ValueError(f"{what} {dpath!r} is not writable ({e.strerror or first_line(e)}); pick a directory this process can write") from e
 
 
 def check_output_dir(resume: str, output_dpath: str) -> None:

@@ -30,6 +30,12 @@ class OutputWriteError(UserError, OSError):
     exit_code = EXIT_OUTPUT_WRITE
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first message line, cut at `limit` characters, for a one-line `error:` message (torch and TF messages run to many lines)."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _startup_types() -> tuple[type[BaseException], ...]:
     from utils.device import DeviceUnavailableError
     from utils.import_order import ImportOrderError
