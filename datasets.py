@@ -1,11 +1,10 @@
-"""Front door for data: `build_data(args, runtime)` -> host batches for this process only.
+"""Front door for data: `build_data(config, process_index, process_count)` -> host batches for this process only.
 
 Image data comes from TFDS through big_vision pp strings (`--data_set digits` is the embedded,
 offline default; `--data_set tfds --tfds_name NAME` reads any prepared TFDS dataset from
 `--tfds_data_dir`, local or gs://). Cell-set data comes from `.h5ad` files (`--data_set h5ad`).
 """
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -14,28 +13,69 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from utils import mixup as mixup_lib
+from big_vision import mixup as mixup_lib
+from cells.sets import CellSetConfig
+from utils import settings
 
 if TYPE_CHECKING:
-    from utils.cell_sets import CellSetData
+    from cells.sets import CellSetData
 
 log = logging.getLogger(__name__)
 
-DATA_SETS = ("digits", "tfds", "h5ad")
+DATA_SETS = ("digits", "tfds", "h5ad")  # the keys of DATA_BUILDERS
+IMAGE_DATA_SETS = ("digits", "tfds")
 DIGITS_NAME = "sklearn_digits"
 DIGITS_PP_TRAIN = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
 DIGITS_PP_EVAL = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
 # Same recipe shape as big_vision's ImageNet configs.
 IMAGENET_PP_TRAIN = 'decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")'
 IMAGENET_PP_EVAL = 'decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|keep("image", "label")'
-# The embedded cell-set dataset: a seeded simulated screen (tools/simulate_h5ad.py), written on first use when `--h5ad_path` names this path (relative to the working directory, like `--output_dir`).
-SIM_H5AD_FPATH = os.path.join("data", "sim_vcc.h5ad")
-# 3 cell lines, 48 knock-downs that each move their target and 24 other genes of a 256-gene panel at ~2000 UMIs per cell; effects are shared by the cell lines up to a per-line scale (log-normal, sd 0.3).
-SIM_H5AD_KWARGS = {"n_cells": 60_000, "n_genes": 256, "n_contexts": 3, "n_perts": 48, "genes_per_effect": 24, "context_effect_sd": 0.3, "umis_per_cell": 2000, "seed": 0}
-# Held-out perturbations are what the cell metrics are computed on: without --eval_perts or --eval_frac, this seeded fraction is held out.
-DEFAULT_EVAL_FRAC = 0.2
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The `data` flags: which dataset, how TFDS reads it, the pp strings, batch sizes, and the mixup and cell-set settings."""
+
+    data_set: str = settings.setting("digits", choices=DATA_SETS)
+    tfds_name: str | None = None
+    tfds_data_dir: str | None = None
+    tfds_train_split: str = "train"
+    tfds_eval_split: str = "test"
+    tfds_shuffle_buffer: int = settings.setting(10_000, range=settings.AT_LEAST_ONE)
+    tfds_cache_raw: bool = False
+    tfds_cache_eval: bool = False
+    tfds_prefetch: int = settings.setting(2, range=settings.NON_NEGATIVE)
+    tfds_num_parallel_calls: int = -1  # -1: AUTOTUNE
+    tfds_private_threadpool_size: int = settings.setting(0, range=settings.NON_NEGATIVE)
+    tfds_skip_decode: bool = True
+    tfds_deterministic: bool = True
+    big_vision_pp_train: str | None = None
+    big_vision_pp_eval: str | None = None
+    batch_size: int = settings.setting(64, range=settings.POSITIVE)  # global, all processes together
+    eval_batch_size: int | None = settings.setting(None, range=settings.POSITIVE)  # None: batch_size
+    seed: int = settings.setting(0, range=settings.NON_NEGATIVE, hint=" (TF seeds are non-negative)")
+    num_classes: int | None = settings.setting(None, range=settings.POSITIVE)
+    max_steps_per_epoch: int | None = settings.setting(None, range=settings.POSITIVE)
+    mixup: mixup_lib.MixupConfig = dataclasses.field(default_factory=mixup_lib.MixupConfig)
+    cells: CellSetConfig = dataclasses.field(default_factory=CellSetConfig)
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        if self.eval_batch_size is None:
+            object.__setattr__(self, "eval_batch_size", self.batch_size)
+        if self.tfds_num_parallel_calls != -1 and self.tfds_num_parallel_calls < 1:
+            raise ValueError(f"--tfds_num_parallel_calls must be -1 (AUTOTUNE) or >= 1, got {self.tfds_num_parallel_calls}")
+        if self.mixup.enabled and self.data_set not in IMAGE_DATA_SETS:
+            raise ValueError(f"--mixup/--cutmix mix images; --data_set {self.data_set} has none")
+        if self.data_set != "h5ad" and self.cells.h5ad_path:
+            raise ValueError(f"--h5ad_path given with --data_set {self.data_set}; add --data_set h5ad to train on cell sets")
+
+    @property
+    def kind(self) -> str:
+        """What the batches hold: "image" or "cellset"."""
+        return "image" if self.data_set in IMAGE_DATA_SETS else "cellset"
 
 
 @dataclasses.dataclass
@@ -111,47 +151,60 @@ def _get_image_shape(train_spec: dict) -> tuple[int, ...] | None:
     return None if None in (h, w, c) else (c, h, w)
 
 
-def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int) -> Data:
+def _make_builder(config: DataConfig):
+    """The TFDS builder of `--data_set digits` (prepared on first use) or `--tfds_name`, and its data dir."""
     from big_vision import input_pipeline as ip
 
-    name = DIGITS_NAME if args.data_set == "digits" else args.tfds_name
+    name = DIGITS_NAME if config.data_set == "digits" else config.tfds_name
     if not name:
         raise ValueError("--data_set tfds needs --tfds_name (e.g. imagenet2012, cifar10)")
-    data_dpath = args.tfds_data_dir or get_default_data_dir()
-    if args.data_set == "digits":
+    data_dpath = config.tfds_data_dir or get_default_data_dir()
+    if config.data_set == "digits":
         os.makedirs(data_dpath, exist_ok=True)
         prepare_digits(data_dpath)
-    builder = ip.make_builder(name, data_dpath)
-    train_split = ip.get_split(builder, args.tfds_train_split)
-    eval_split = ip.get_split(builder, args.tfds_eval_split)
-    pp_train = args.big_vision_pp_train or (DIGITS_PP_TRAIN if args.data_set == "digits" else IMAGENET_PP_TRAIN)
-    pp_eval = args.big_vision_pp_eval or (DIGITS_PP_EVAL if args.data_set == "digits" else IMAGENET_PP_EVAL)
-    batch_per_process = args.batch_size // process_count
+    return ip.make_builder(name, data_dpath), data_dpath
+
+
+def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> Data:
+    from big_vision import input_pipeline as ip
+
+    builder, data_dpath = _make_builder(config)
+    train_split = ip.get_split(builder, config.tfds_train_split)
+    eval_split = ip.get_split(builder, config.tfds_eval_split)
+    pp_train = config.big_vision_pp_train or (DIGITS_PP_TRAIN if config.data_set == "digits" else IMAGENET_PP_TRAIN)
+    pp_eval = config.big_vision_pp_eval or (DIGITS_PP_EVAL if config.data_set == "digits" else IMAGENET_PP_EVAL)
+    batch_per_process = config.batch_size // process_count
     steps_per_epoch = ip.get_train_steps_per_epoch(builder, train_split, batch_per_process, process_count)
     common = dict(
         process_index=process_index,
         process_count=process_count,
-        skip_decode=args.tfds_skip_decode,
-        prefetch=args.tfds_prefetch,
-        num_parallel_calls=args.tfds_num_parallel_calls,
-        private_threadpool_size=args.tfds_private_threadpool_size,
+        skip_decode=config.tfds_skip_decode,
+        prefetch=config.tfds_prefetch,
+        num_parallel_calls=config.tfds_num_parallel_calls,
+        private_threadpool_size=config.tfds_private_threadpool_size,
     )
-    train_kw = dict(seed=args.seed, shuffle_buffer=args.tfds_shuffle_buffer, cache_raw=args.tfds_cache_raw, deterministic=args.tfds_deterministic, **common)
+    train_kw = dict(
+        seed=config.seed, shuffle_buffer=config.tfds_shuffle_buffer, cache_raw=config.tfds_cache_raw, deterministic=config.tfds_deterministic, **common
+    )
     # Build both pipelines once up front: a bad pp string or split fails here, before any compile.
-    eval_ds, n_eval_batches = ip.make_eval_dataset(builder, eval_split, pp_eval, args.eval_batch_size // process_count, cache=args.tfds_cache_eval, **common)
+    eval_ds, n_eval_batches = ip.make_eval_dataset(
+        builder, eval_split, pp_eval, config.eval_batch_size // process_count, cache=config.tfds_cache_eval, **common
+    )
     train_spec = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, **train_kw).element_spec
-    num_classes = check_num_classes(args.num_classes, builder, train_spec, pp_train)
-    mixup = mixup_lib.make_mixup(args, num_classes, batch_per_process)
+    num_classes = check_num_classes(config.num_classes, builder, train_spec, pp_train)
+    mixup = mixup_lib.make_mixup(config.mixup, num_classes, batch_per_process)
     if mixup is not None:
         log.info("train batches mixed on the host: %s", mixup)
     if mixup is not None and ("label" not in train_spec or train_spec["label"].shape.rank != 1):
-        raise ValueError(f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: mixing makes the soft targets)")
+        raise ValueError(
+            f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: mixing makes the soft targets)"
+        )
 
     def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
         ds = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, **train_kw)
         batches = ip.iterate_torch(ds, source=f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}")
-        # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see utils/mixup.py).
-        return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, args.seed, epoch, start_step)
+        # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see big_vision/mixup.py).
+        return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, config.seed, epoch, start_step)
 
     return Data(
         kind="image",
@@ -162,74 +215,69 @@ def _build_tfds(args: argparse.Namespace, process_index: int, process_count: int
         make_eval_batches=lambda: ip.iterate_torch(eval_ds, source=f"{builder.info.full_name} split {eval_split!r} in {builder.data_dir}"),
         num_classes=num_classes,
         image_shape=_get_image_shape(train_spec),
-        info={"name": builder.info.full_name, "train_split": train_split, "eval_split": eval_split, "pp_train": pp_train, "pp_eval": pp_eval, "data_dir": data_dpath},
+        info={
+            "name": builder.info.full_name,
+            "train_split": train_split,
+            "eval_split": eval_split,
+            "pp_train": pp_train,
+            "pp_eval": pp_eval,
+            "data_dir": data_dpath,
+        },
     )
 
 
-def _get_sim_params(fpath: str) -> dict:
-    """The simulation parameters a simulated file records in `uns/simulation` (empty if none)."""
-    import h5py
+def _build_h5ad(config: DataConfig, process_index: int, process_count: int) -> Data:
+    from cells import sets as cell_sets
+    from cells import simulate
 
-    with h5py.File(fpath, "r") as fd:
-        group = fd.get("uns/simulation")
-        return {} if group is None else {k: group[k][()].item() for k in group}
-
-
-def prepare_sim_h5ad(fpath: str) -> None:
-    """Write the embedded simulated screen to `fpath` unless it is there with the current parameters (a few seconds); atomic, so concurrent processes agree."""
-    if os.path.isfile(fpath):
-        recorded = _get_sim_params(fpath)
-        if not recorded:
-            raise ValueError(f"{fpath} is the path of the embedded simulated screen but holds another file (no uns/simulation); move that file and pass its own path to --h5ad_path")
-        stale = {k: recorded.get(k) for k, v in SIM_H5AD_KWARGS.items() if recorded.get(k) != v}
-        if not stale:
-            return
-        log.info("%s was simulated with other parameters (%s); simulating it again", fpath, stale)
-    from tools import simulate_h5ad
-
-    log.info("generating the embedded simulated screen %s with tools/simulate_h5ad.py %s", fpath, SIM_H5AD_KWARGS)
-    tmp_fpath = f"{fpath}.tmp{os.getpid()}"
-    simulate_h5ad.simulate_h5ad(tmp_fpath, **SIM_H5AD_KWARGS)
-    os.replace(tmp_fpath, fpath)
-
-
-def _build_h5ad(args: argparse.Namespace, process_index: int, process_count: int) -> Data:
-    from utils import cell_sets
-
-    if not args.h5ad_path:
-        raise ValueError(f"--data_set h5ad needs --h5ad_path FILE [FILE ...] (or {SIM_H5AD_FPATH}, the embedded simulated screen, generated on first use)")
-    if args.eval_batch_size != args.batch_size:
-        raise ValueError(f"cell sets are evaluated in batches of --batch_size ({args.batch_size}); drop --eval_batch_size ({args.eval_batch_size})")
-    for fpath in args.h5ad_path:
-        if os.path.normpath(fpath) == SIM_H5AD_FPATH:
-            prepare_sim_h5ad(fpath)
-    eval_frac = args.eval_frac
-    if args.eval_perts is None and not eval_frac:
-        eval_frac = DEFAULT_EVAL_FRAC
-        log.info("no --eval_perts or --eval_frac: holding out a seeded --eval_frac %g of the perturbations (--seed %d) for the eval metrics", eval_frac, args.seed)
+    cells_config = config.cells
+    if not cells_config.h5ad_path:
+        raise ValueError(
+            f"--data_set h5ad needs --h5ad_path FILE [FILE ...] (or {simulate.EMBEDDED_FPATH}, the embedded simulated screen, generated on first use)"
+        )
+    if config.eval_batch_size != config.batch_size:
+        raise ValueError(f"cell sets are evaluated in batches of --batch_size ({config.batch_size}); drop --eval_batch_size ({config.eval_batch_size})")
+    for fpath in cells_config.h5ad_path:
+        if os.path.normpath(fpath) == simulate.EMBEDDED_FPATH:
+            simulate.prepare_embedded(fpath)
     cells = cell_sets.make_cellset_data(
-        args.h5ad_path,
-        pert_col=args.pert_col,
-        context_col=args.context_col,
-        control_label=args.control_label,
-        cells_per_set=args.cells_per_set,
-        batch_size=args.batch_size // process_count,
-        transform=args.h5ad_transform,
-        gene_vocab=args.gene_vocab,
-        in_memory=args.h5ad_in_memory,
-        eval_perts=args.eval_perts,
-        eval_frac=eval_frac,
-        eval_contexts=args.eval_contexts,
-        seed=args.seed,
+        cells_config.h5ad_path,
+        pert_col=cells_config.pert_col,
+        context_col=cells_config.context_col,
+        control_label=cells_config.control_label,
+        cells_per_set=cells_config.cells_per_set,
+        batch_size=config.batch_size // process_count,
+        transform=cells_config.h5ad_transform,
+        gene_vocab=cells_config.gene_vocab,
+        in_memory=cells_config.h5ad_in_memory,
+        eval_perts=cells_config.eval_perts,
+        eval_frac=cells_config.get_eval_frac(config.seed),
+        eval_contexts=cells_config.eval_contexts,
+        seed=config.seed,
         process_index=process_index,
         process_count=process_count,
     )
     if cells.n_eval_sets == 0:
-        where = "any context" if args.eval_contexts is None else f"--eval_contexts {args.eval_contexts}"
-        raise ValueError(f"no held-out cells: perturbations {cells.eval_pert_names[:10]} have no cells in {where}; the eval metrics need held-out perturbations (--eval_perts FILE or --eval_frac F)")
+        where = "any context" if cells_config.eval_contexts is None else f"--eval_contexts {cells_config.eval_contexts}"
+        raise ValueError(
+            f"no held-out cells: perturbations {cells.eval_pert_names[:10]} have no cells in {where}; the eval metrics need held-out perturbations (--eval_perts FILE or --eval_frac F)"
+        )
+    return Data(
+        kind="cellset",
+        steps_per_epoch=cells.steps_per_epoch,
+        n_eval_batches=cells.eval_steps,
+        n_eval_examples=cells.n_eval_sets,
+        make_train_batches=cells.train_batches,
+        make_eval_batches=cells.eval_batches,
+        info=_describe_cells(cells, cells_config.h5ad_path),
+        cells=cells,
+    )
+
+
+def _describe_cells(cells: "CellSetData", fpaths: list[str]) -> dict:
     held_out = cells.eval_pert_names
-    info = {
-        "files": list(args.h5ad_path),
+    return {
+        "files": list(fpaths),
         "n_cells": sum(f.n_cells for f in cells.files),
         "n_genes": cells.n_genes,
         "n_perts": cells.n_perts - 1,
@@ -238,22 +286,17 @@ def _build_h5ad(args: argparse.Namespace, process_index: int, process_count: int
         "held_out_in": "every context" if cells.eval_context_names is None else cells.eval_context_names,
         "small_groups": {"train": cells.n_small_train_groups, "eval": cells.n_small_eval_groups, "control_pools": cells.n_small_control_pools},
     }
-    return Data(
-        kind="cellset",
-        steps_per_epoch=cells.steps_per_epoch,
-        n_eval_batches=cells.eval_steps,
-        n_eval_examples=cells.n_eval_sets,
-        make_train_batches=cells.train_batches,
-        make_eval_batches=cells.eval_batches,
-        info=info,
-        cells=cells,
-    )
 
 
-def build_data(args: argparse.Namespace, process_index: int = 0, process_count: int = 1) -> Data:
-    """The dataset named by `--data_set`, for process `process_index` of `process_count`."""
-    if args.data_set in ("digits", "tfds"):
-        return _build_tfds(args, process_index, process_count)
-    if args.data_set == "h5ad":
-        return _build_h5ad(args, process_index, process_count)
-    raise ValueError(f"--data_set {args.data_set!r} is not one of {', '.join(DATA_SETS)}")
+# --data_set NAME -> the builder of its batches for process i of n.
+DATA_BUILDERS: dict[str, Callable[[DataConfig, int, int], Data]] = {"digits": _build_tfds, "tfds": _build_tfds, "h5ad": _build_h5ad}
+assert tuple(DATA_BUILDERS) == DATA_SETS
+
+
+def build_data(config: DataConfig, process_index: int = 0, process_count: int = 1) -> Data:
+    """The dataset named by `--data_set`, for process `process_index` of `process_count`; at most `--max_steps_per_epoch` steps per epoch."""
+    settings.check_choice("data_set", config.data_set, tuple(DATA_BUILDERS))
+    data = DATA_BUILDERS[config.data_set](config, process_index, process_count)
+    if config.max_steps_per_epoch:
+        data.steps_per_epoch = min(data.steps_per_epoch, config.max_steps_per_epoch)
+    return data

@@ -16,7 +16,6 @@ sync the host with the device every step. The price is that a multi-process run 
 SIGTERM and SIGKILL (30 s on preemptible GCE/TPU VMs).
 """
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -27,18 +26,37 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from datasets import Data
 from optim_factory import Schedule
+from tasks.base import Task, reduce_eval
 from utils import checkpoint as ckpt
-from utils import preemption
+from utils import preemption, settings
 from utils.device import Runtime
 from utils.ema import ModelEma
+from utils.errors import TrainingDiverged
 from utils.logging import MetricLogger, format_duration
 
 log = logging.getLogger("train")
 
 
-class TrainingDiverged(FloatingPointError):
-    """The loss or gradient norm became nan or inf."""
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The loop's settings: how long, how often it logs, evaluates and checkpoints, and where."""
+
+    epochs: int = settings.setting(15, range=settings.POSITIVE)
+    clip_grad: float = settings.setting(0.0, range=settings.NON_NEGATIVE)
+    log_every: int = settings.setting(20, range=settings.POSITIVE)
+    eval_every_epochs: int = settings.setting(5, range=settings.NON_NEGATIVE)
+    save_every_epochs: int = settings.setting(5, range=settings.NON_NEGATIVE)
+    save_every_steps: int = settings.setting(0, range=settings.NON_NEGATIVE)
+    keep_last: int = settings.setting(
+        3, range=settings.AT_LEAST_ONE, hint=" (the checkpoint just written is always kept; pass a large number to keep them all)"
+    )
+    output_dir: str = "output/default"
+    model_ema_eval: bool = False
+
+    def __post_init__(self):
+        settings.check_fields(self)
 
 
 @dataclasses.dataclass
@@ -52,7 +70,7 @@ class Position:
 
 def train_step(
     model: nn.Module,
-    task,
+    task: Task,
     optimizer: torch.optim.Optimizer,
     runtime: Runtime,
     clip_grad: float,
@@ -80,13 +98,13 @@ def train_step(
     return {"loss": loss, "grad_norm": grad_norm.detach(), **{k: v.detach() for k, v in extra.items()}}, nonfinite_t
 
 
-def eval_step(model: nn.Module, task, runtime: Runtime, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def eval_step(model: nn.Module, task: Task, runtime: Runtime, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     with torch.no_grad(), runtime.autocast():
         return task.eval_outputs(model, batch)
 
 
-def evaluate(model: nn.Module, task, data, runtime: Runtime, step_fn: Callable | None = None) -> dict[str, float]:
-    """One pass over the (padded, masked) eval batches of this process; metrics reduced over processes."""
+def evaluate(model: nn.Module, task: Task, data: Data, runtime: Runtime, step_fn: Callable | None = None) -> dict[str, float]:
+    """One pass over the (padded, masked) eval batches of this process; metrics over every process's examples (`tasks.base.reduce_eval`)."""
     step_fn = step_fn or runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
     was_training = model.training
     model.eval()
@@ -97,26 +115,31 @@ def evaluate(model: nn.Module, task, data, runtime: Runtime, step_fn: Callable |
         n_batches += 1
     assert n_batches == data.n_eval_batches, f"eval produced {n_batches} batches, expected {data.n_eval_batches}"
     model.train(was_training)
-    return acc.result()
+    return reduce_eval(acc, runtime)
 
 
 class Trainer:
-    """Owns the loop state; `fit()` runs epochs from `position` to `args.epochs`."""
+    """Owns the loop state; `fit()` runs epochs from `position` to `config.epochs`.
+
+    `run_config` is the whole run's resolved configuration (what args.yaml holds): saved in every checkpoint, and compared on resume (`model`, `opt`).
+    """
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        config: TrainConfig,
         runtime: Runtime,
         model: nn.Module,
-        task,
+        task: Task,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
-        data,
+        data: Data,
         logger: MetricLogger,
         examples_per_step: int,
         ema: ModelEma | None = None,
+        run_config: dict | None = None,
     ):
-        self.args, self.runtime, self.model, self.task, self.ema = args, runtime, model, task, ema
+        self.config, self.runtime, self.model, self.task, self.ema = config, runtime, model, task, ema
+        self.run_config = dict(run_config or {})
         self.optimizer, self.schedule, self.data, self.logger = optimizer, schedule, data, logger
         self.examples_per_step = examples_per_step
         self.position = Position()
@@ -129,7 +152,7 @@ class Trainer:
         self.compiles_after_warmup: int | None = None
         self._warm = {"train": False, "eval": False, "save": False}  # graphs each kind of work compiles once
         self.best: dict[str, float] = {}
-        self._train_fn = runtime.compile(lambda batch, nf: train_step(model, task, optimizer, runtime, args.clip_grad, batch, nf, ema=ema), name="train_step")
+        self._train_fn = runtime.compile(lambda batch, nf: train_step(model, task, optimizer, runtime, config.clip_grad, batch, nf, ema=ema), name="train_step")
         self._eval_fn = runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
         if ema is not None:
             self._eval_ema_fn = runtime.compile(lambda batch: eval_step(ema.module, task, runtime, batch), name="eval_ema_step")
@@ -142,7 +165,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "position": dataclasses.asdict(self.position),
             "rng": {**ckpt.get_rng_state(), **self.runtime.get_rng_state()},
-            "args": vars(self.args),
+            "args": self.run_config,
             "best": dict(self.best),
         }
         if self.ema is not None:
@@ -153,12 +176,14 @@ class Trainer:
         """Continue from one of our training checkpoints; anything else (a weights-only file, another model's or optimizer's checkpoint) is a ValueError naming the file and the fix."""
         missing = [k for k in ("model", "optimizer", "position", "rng") if k not in state]
         if missing:
-            raise ValueError(f"--resume {source!r} is not a training checkpoint of main.py (no {', '.join(missing)}); to start from its weights pass it as --init_checkpoint instead")
+            raise ValueError(
+                f"--resume {source!r} is not a training checkpoint of main.py (no {', '.join(missing)}); to start from its weights pass it as --init_checkpoint instead"
+            )
         saved = state.get("args") if isinstance(state.get("args"), dict) else {}
         for key in ("model", "opt"):
-            if saved.get(key) is not None and saved[key] != getattr(self.args, key):
+            if saved.get(key) is not None and saved[key] != self.run_config.get(key):
                 raise ValueError(
-                    f"--resume {source!r} is a checkpoint of --{key} {saved[key]} but this run has --{key} {getattr(self.args, key)}; resume with --{key} {saved[key]}, or start from its weights with --init_checkpoint"
+                    f"--resume {source!r} is a checkpoint of --{key} {saved[key]} but this run has --{key} {self.run_config.get(key)}; resume with --{key} {saved[key]}, or start from its weights with --init_checkpoint"
                 )
         ckpt.load_model_state(self.runtime.unwrap(self.model), state["model"], source=source, what="--resume")
         try:
@@ -185,11 +210,11 @@ class Trainer:
     def save(self) -> str | None:
         """Checkpoint the current position (main process writes); refuses if training diverged."""
         self._check_finite()
-        if not self.runtime.is_main or not self.args.output_dir:
+        if not self.runtime.is_main or not self.config.output_dir:
             return None
         if self._saved is not None and self._saved[0] == self.position.global_step:
             return self._saved[1]  # this step is saved already (--save_every_steps, then a stop signal)
-        fpath = ckpt.save_checkpoint(self.state_dict(), self.args.output_dir, self.position.global_step, keep_last=self.args.keep_last)
+        fpath = ckpt.save_checkpoint(self.state_dict(), self.config.output_dir, self.position.global_step, keep_last=self.config.keep_last)
         self._saved = (self.position.global_step, fpath)
         log.info("saved %s", fpath)
         return fpath
@@ -202,7 +227,7 @@ class Trainer:
         self._check_recompiles(self.last_checked_step, step)
         self.last_checked_step = step
         values["lr"] = lr
-        self.logger.train_progress(step, epoch, self.args.epochs, values, self.examples_per_step)
+        self.logger.train_progress(step, epoch, self.config.epochs, values, self.examples_per_step)
 
     def _check_recompiles(self, step_a: int, step_b: int) -> None:
         """After warm-up, name the step range of any new compile (read in the logging closure: no extra sync)."""
@@ -222,7 +247,7 @@ class Trainer:
             self.failure = f"loss became nan or inf between steps {self.last_checked_step} and {self.position.global_step}"
         if self.failure is not None:
             raise TrainingDiverged(
-                f"{self.failure}; the last good checkpoint in {self.args.output_dir} is kept (lower --lr, raise --warmup_epochs, set --clip_grad, or check the inputs for nan or inf values)"
+                f"{self.failure}; the last good checkpoint in {self.config.output_dir} is kept (lower --lr, raise --warmup_epochs, set --clip_grad, or check the inputs for nan or inf values)"
             )
 
     def _report_compiles(self, epoch: int, warm_before: bool) -> None:
@@ -249,7 +274,7 @@ class Trainer:
         metrics = evaluate(self.model, self.task, self.data, self.runtime, self._eval_fn)
         self.logger.scalars(self.position.global_step, metrics, prefix="eval/")
         log.info("eval after epoch %d: %s (%.1fs)", self.position.epoch, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()), time.perf_counter() - t0)
-        if self.ema is None or not self.args.model_ema_eval:
+        if self.ema is None or not self.config.model_ema_eval:
             return metrics
         ema_metrics = evaluate(self.ema.module, self.task, self.data, self.runtime, self._eval_ema_fn)
         self.logger.scalars(self.position.global_step, ema_metrics, prefix="eval_ema/")
@@ -257,7 +282,7 @@ class Trainer:
         return {**metrics, **{f"ema_{k}": v for k, v in ema_metrics.items() if k != "n_examples"}}
 
     def train_epoch(self, epoch: int) -> None:
-        args, pos = self.args, self.position
+        cfg, pos = self.config, self.position
         steps = self.data.steps_per_epoch
         batches = self.runtime.device_loader(self.data.train_batches(epoch, pos.step_in_epoch))
         for batch in batches:
@@ -265,14 +290,14 @@ class Trainer:
             out, self.nonfinite_t = self._train_fn(batch, self.nonfinite_t)
             pos.global_step += 1
             pos.step_in_epoch += 1
-            if pos.global_step % args.log_every == 0 or pos.step_in_epoch == steps:
+            if pos.global_step % cfg.log_every == 0 or pos.step_in_epoch == steps:
                 self.runtime.add_step_closure(self._log_closure, args=(pos.global_step, epoch, lr, out, self.nonfinite_t))
             self.runtime.mark_step()
             if self.failure is not None:
                 self._check_finite()
-            if args.save_every_steps and pos.global_step % args.save_every_steps == 0 and pos.step_in_epoch < steps:
+            if cfg.save_every_steps and pos.global_step % cfg.save_every_steps == 0 and pos.step_in_epoch < steps:
                 self.save()
-            if pos.step_in_epoch == steps or self._should_stop(sync=pos.global_step % args.log_every == 0):
+            if pos.step_in_epoch == steps or self._should_stop(sync=pos.global_step % cfg.log_every == 0):
                 break
         if self.stopping and pos.step_in_epoch < steps:
             return  # stopped mid-epoch: the checkpoint resumes this epoch at step_in_epoch
@@ -291,40 +316,40 @@ class Trainer:
 
     def _stop(self) -> None:
         """Checkpoint the step just finished and raise `TrainingStopped` (the CLI exits 128 + signal number)."""
-        pos, args = self.position, self.args
+        pos, cfg = self.position, self.config
         signum = self.stop.signum or signal.SIGTERM  # no signal here: another process got one
         fpath = self.save()
         who = f"stopped by {signal.Signals(signum).name}" if self.stop.requested else "stopped because another process received a stop signal"
         where = f"epoch {pos.epoch + 1}, step {pos.step_in_epoch} of {self.data.steps_per_epoch}" if pos.step_in_epoch else f"end of epoch {pos.epoch}"
-        saved = f"checkpoint {fpath}" if fpath else ("checkpoint written by the main process" if args.output_dir else "no checkpoint (--output_dir is empty)")
-        message = f"{who} after step {pos.global_step} ({where}); {saved}; to continue, rerun the same command with --resume auto --output_dir {args.output_dir}"
+        saved = f"checkpoint {fpath}" if fpath else ("checkpoint written by the main process" if cfg.output_dir else "no checkpoint (--output_dir is empty)")
+        message = f"{who} after step {pos.global_step} ({where}); {saved}; to continue, rerun the same command with --resume auto --output_dir {cfg.output_dir}"
         log.warning(message)
-        raise preemption.TrainingStopped(message, signum, pos.global_step, fpath, args.output_dir)
+        raise preemption.TrainingStopped(message, signum, pos.global_step, fpath, cfg.output_dir)
 
     def fit(self) -> dict[str, float]:
-        """Train to `args.epochs`; SIGTERM/SIGINT stop it cleanly (checkpoint, then `TrainingStopped`). The previous handlers are back on return."""
+        """Train to `config.epochs`; SIGTERM/SIGINT stop it cleanly (checkpoint, then `TrainingStopped`). The previous handlers are back on return."""
         with self.stop:
             return self._fit()
 
     def _fit(self) -> dict[str, float]:
-        args = self.args
+        cfg = self.config
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         start_epoch = self.position.epoch
-        if start_epoch >= args.epochs:
+        if start_epoch >= cfg.epochs:
             metrics = self.evaluate()  # resumed from the last step (a stop after the final step): nothing to train, report the eval
-        for epoch in range(start_epoch, args.epochs):
+        for epoch in range(start_epoch, cfg.epochs):
             warm_before = all(self._warm.values())
             self.train_epoch(epoch)
             if self._should_stop(sync=True):
                 self._stop()  # before this epoch's eval: a preempted VM has seconds, not an eval's worth (the resumed run skips that eval)
             self._warm["train"] = True
-            last = epoch + 1 == args.epochs
-            if last or (args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0):
+            last = epoch + 1 == cfg.epochs
+            if last or (cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0):
                 metrics = self.evaluate()
                 self._update_best(metrics)
                 self._warm["eval"] = True
-            if last or (args.save_every_epochs and (epoch + 1) % args.save_every_epochs == 0):
+            if last or (cfg.save_every_epochs and (epoch + 1) % cfg.save_every_epochs == 0):
                 self.save()
                 self._warm["save"] = True
             self._report_compiles(epoch, warm_before)
@@ -335,6 +360,9 @@ class Trainer:
         return metrics
 
     def _update_best(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            if isinstance(v, float) and not math.isnan(v) and k.startswith(("acc", "ema_acc")):
-                self.best[k] = max(self.best.get(k, v), v)
+        """Best value so far of each metric the task tracks (and of its EMA twin), in the direction the task gives."""
+        for name, higher in self.task.tracked.items():
+            for k in (name, f"ema_{name}"):
+                v = metrics.get(k)
+                if isinstance(v, float) and not math.isnan(v):
+                    self.best[k] = (max if higher else min)(self.best.get(k, v), v)

@@ -6,6 +6,7 @@ set loss (n = m = s for the batch contract), k kernel bandwidths; c classes (dis
 
 # ruff: noqa: F722  (jaxtyping shape strings such as "b s g" are not forward annotations)
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Callable, Sequence
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
+
+from utils import settings
 
 # =====================================================================================================
 # MMD family on cell sets: [b, s, g] x [b, s, g] -> per-set loss [b]
@@ -141,6 +144,14 @@ def rbf_mmd(
     return kxx_b + kyy_b - 2.0 * kxy_b
 
 
+def check_sinkhorn(blur: float, n_iters: int, scaling: float | None) -> None:
+    """The Sinkhorn settings the divergence needs: blur > 0, n_iters >= 0, scaling in (0, 1) or None."""
+    if blur <= 0 or n_iters < 0:
+        raise ValueError(f"sinkhorn needs blur > 0 and n_iters >= 0, got blur={blur} n_iters={n_iters}")
+    if scaling is not None and not 0 < scaling < 1:
+        raise ValueError(f"sinkhorn scaling must be in (0, 1) or None, got {scaling}")
+
+
 def _softmin(eps_b: Tensor, c_bnm: Tensor, h_bm: Tensor) -> Tensor:
     """-eps log sum_j exp(h_j - C_ij / eps), [b, n]: the log-domain Sinkhorn update."""
     return -eps_b[:, None] * torch.logsumexp(h_bm[:, None, :] - c_bnm / eps_b[:, None, None], dim=-1)
@@ -167,10 +178,7 @@ def sinkhorn_divergence(
     Too few iterations for the ratio diam^2 / blur^2 gives an unconverged (but still symmetric,
     zero-on-identical-sets) value.
     """
-    if blur <= 0 or n_iters < 0:
-        raise ValueError(f"sinkhorn needs blur > 0 and n_iters >= 0, got blur={blur} n_iters={n_iters}")
-    if scaling is not None and not 0 < scaling < 1:
-        raise ValueError(f"sinkhorn scaling must be in (0, 1) or None, got {scaling}")
+    check_sinkhorn(blur, n_iters, scaling)
     x_bng, y_bmg = _center(x_bng, y_bmg)
     b, n, m = x_bng.shape[0], x_bng.shape[1], y_bmg.shape[1]
     c_xy = 0.5 * pairwise_sq_dists(x_bng, y_bmg)
@@ -251,8 +259,8 @@ def make_set_loss(
         raise ValueError(f"sigmas must be a non-empty list of positive bandwidths, got {sigmas}")
     if len(median_scales) == 0 or min(median_scales) <= 0:
         raise ValueError(f"median_scales must be non-empty and positive, got {median_scales}")
-    if name == "sinkhorn" and (blur <= 0 or sinkhorn_iters < 0 or not (sinkhorn_scaling is None or 0 < sinkhorn_scaling < 1)):
-        raise ValueError(f"sinkhorn needs blur > 0, sinkhorn_iters >= 0 and sinkhorn_scaling in (0, 1) or None, got blur={blur} sinkhorn_iters={sinkhorn_iters} sinkhorn_scaling={sinkhorn_scaling}")
+    if name == "sinkhorn":
+        check_sinkhorn(blur, sinkhorn_iters, sinkhorn_scaling)
     if mean_mse_weight < 0:
         raise ValueError(f"mean_mse_weight must be >= 0, got {mean_mse_weight}")
 
@@ -279,6 +287,40 @@ def make_set_loss(
     return set_loss
 
 
+@dataclasses.dataclass(frozen=True)
+class SetLossConfig:
+    """The `MMD / set loss` flags; `build()` is the loss they name, and building it is their check."""
+
+    set_loss: str = "energy"  # names and the estimator are checked by make_set_loss, with close matches
+    mmd_estimator: str = "biased"
+    mmd_sigmas: list[float] | None = None
+    sinkhorn_blur: float = 0.05
+    sinkhorn_iters: int = 50
+    set_loss_state_parity: bool = False
+    mean_mse_weight: float = settings.setting(0.0, range=settings.NON_NEGATIVE)
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        try:
+            self.build()
+        except ValueError as e:
+            raise ValueError(f"--set_loss and the MMD flags: {e}") from None
+
+    def build(self) -> SetLoss:
+        return make_set_loss(
+            self.set_loss,
+            estimator=self.mmd_estimator,
+            sigmas=self.mmd_sigmas,
+            blur=self.sinkhorn_blur,
+            sinkhorn_iters=self.sinkhorn_iters,
+            state_parity=self.set_loss_state_parity,
+            mean_mse_weight=self.mean_mse_weight,
+        )
+
+    def describe(self) -> str:
+        return f"{self.set_loss} ({self.mmd_estimator})" + (f" + {self.mean_mse_weight:g} x set-mean MSE" if self.mean_mse_weight > 0 else "")
+
+
 # =====================================================================================================
 # Distillation: student logits [b, c] (or DeiT's (cls, dist) pair) and teacher logits [b, c] -> scalar
 # =====================================================================================================
@@ -295,8 +337,15 @@ KD_SCALINGS = ("batchmean_t2", "deit")
 StudentOutput = Tensor | tuple[Tensor, Tensor]
 
 
+def check_kd_scaling(scaling: str) -> None:
+    if scaling not in KD_SCALINGS:
+        raise _unknown("KD scaling", scaling, KD_SCALINGS)
+
+
 @jaxtyped(typechecker=beartype.beartype)
-def soft_distillation_loss(student_logits_bc: Float[Tensor, "b c"], teacher_logits_bc: Float[Tensor, "b c"], temperature: float, scaling: str = "batchmean_t2") -> Float[Tensor, ""]:
+def soft_distillation_loss(
+    student_logits_bc: Float[Tensor, "b c"], teacher_logits_bc: Float[Tensor, "b c"], temperature: float, scaling: str = "batchmean_t2"
+) -> Float[Tensor, ""]:
     """T^2 KL(softmax(teacher / T) || softmax(student / T)), the teacher's distribution as the target.
 
     `batchmean_t2` (Hinton; timm's LogitDistillationTask and mdistiller): the KL summed over classes,
@@ -305,8 +354,7 @@ def soft_distillation_loss(student_logits_bc: Float[Tensor, "b c"], teacher_logi
     number of classes c (1/1000 on ImageNet); keep it only to reproduce DeiT numbers, since at a given
     alpha it makes the KD term c times weaker.
     """
-    if scaling not in KD_SCALINGS:
-        raise _unknown("KD scaling", scaling, KD_SCALINGS)
+    check_kd_scaling(scaling)
     t = float(temperature)
     logp_s_bc = F.log_softmax(student_logits_bc.float() / t, dim=-1)
     logp_t_bc = F.log_softmax(teacher_logits_bc.detach().float() / t, dim=-1)
@@ -339,8 +387,7 @@ class DistillationLoss:
     def __init__(self, distillation_type: str, alpha: float, temperature: float = 1.0, scaling: str = "batchmean_t2", label_smoothing: float = 0.0):
         if distillation_type not in DISTILLATION_TYPES:
             raise _unknown("distillation type", distillation_type, DISTILLATION_TYPES)
-        if scaling not in KD_SCALINGS:
-            raise _unknown("KD scaling", scaling, KD_SCALINGS)
+        check_kd_scaling(scaling)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"distillation alpha must be in [0, 1], got {alpha}")
         if temperature <= 0:

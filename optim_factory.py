@@ -15,13 +15,23 @@ import timm.optim
 import torch
 from torch import nn
 
+from utils import settings
+
 
 def list_optimizers() -> list[str]:
     return timm.optim.list_optimizers()
 
 
 def make_optimizer(
-    model: nn.Module, opt: str, lr: float, weight_decay: float, *, momentum: float = 0.9, betas: tuple[float, float] | None = None, eps: float | None = None, layer_decay: float | None = None
+    model: nn.Module,
+    opt: str,
+    lr: float,
+    weight_decay: float,
+    *,
+    momentum: float = 0.9,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
     """Build `opt` (any timm optimizer name: adamw, sgd, lamb, lion, ...) with the decay rules above."""
     names = list_optimizers()
@@ -50,7 +60,9 @@ def get_default_warmup_epochs(epochs: int) -> float:
     return min(DEFAULT_WARMUP_EPOCHS, MAX_DEFAULT_WARMUP_FRAC * epochs)
 
 
-def check_schedule_args(*, epochs: int, lr: float, min_lr: float, warmup_epochs: float, warmup_lr: float, weight_decay: float, weight_decay_end: float | None) -> None:
+def check_schedule_args(
+    *, epochs: int, lr: float, min_lr: float, warmup_epochs: float, warmup_lr: float, weight_decay: float, weight_decay_end: float | None
+) -> None:
     """Schedules that would train wrong without a word: ValueError naming the flags and the fix."""
     if warmup_epochs >= epochs:
         raise ValueError(
@@ -61,7 +73,9 @@ def check_schedule_args(*, epochs: int, lr: float, min_lr: float, warmup_epochs:
     if warmup_lr > lr:
         raise ValueError(f"--warmup_lr {warmup_lr:g} > --lr {lr:g}: warm-up would lower the LR; pick --warmup_lr <= --lr")
     if weight_decay_end is not None and weight_decay == 0 and weight_decay_end > 0:
-        raise ValueError(f"--weight_decay_end {weight_decay_end:g} with --weight_decay 0: parameter groups without decay stay without it; set --weight_decay > 0")
+        raise ValueError(
+            f"--weight_decay_end {weight_decay_end:g} with --weight_decay 0: parameter groups without decay stay without it; set --weight_decay > 0"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,3 +121,47 @@ class Schedule:
             if group["wd_scale"]:
                 group["weight_decay"] = wd * group["wd_scale"]
         return lr
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The `optimization` flags that shape the optimizer and its schedules; `epochs` bounds the warm-up."""
+
+    epochs: int = settings.setting(15, range=settings.POSITIVE)
+    opt: str = "adamw"
+    lr: float = settings.setting(2e-3, range=settings.POSITIVE)
+    min_lr: float = settings.setting(1e-5, range=settings.NON_NEGATIVE)
+    warmup_epochs: float | None = settings.setting(None, range=settings.NON_NEGATIVE)
+    warmup_lr: float = settings.setting(1e-5, range=settings.NON_NEGATIVE)
+    weight_decay: float = settings.setting(0.05, range=settings.NON_NEGATIVE)
+    weight_decay_end: float | None = settings.setting(None, range=settings.NON_NEGATIVE)
+    momentum: float = settings.setting(0.9, range=settings.FRACTION)
+    layer_decay: float | None = settings.setting(None, range=settings.Range(0, 1, low_inclusive=False, high_inclusive=True))
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        if self.warmup_epochs is None:  # resolved here, so args.yaml and the log show the value used
+            object.__setattr__(self, "warmup_epochs", get_default_warmup_epochs(self.epochs))
+        check_schedule_args(
+            epochs=self.epochs,
+            lr=self.lr,
+            min_lr=self.min_lr,
+            warmup_epochs=self.warmup_epochs,
+            warmup_lr=self.warmup_lr,
+            weight_decay=self.weight_decay,
+            weight_decay_end=self.weight_decay_end,
+        )
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(model, self.opt, self.lr, self.weight_decay, momentum=self.momentum, layer_decay=self.layer_decay)
+
+    def make_schedule(self, steps_per_epoch: int) -> Schedule:
+        return Schedule(
+            total_steps=self.epochs * steps_per_epoch,
+            lr=self.lr,
+            warmup_steps=int(self.warmup_epochs * steps_per_epoch),
+            warmup_lr=self.warmup_lr,
+            min_lr=self.min_lr,
+            weight_decay=self.weight_decay,
+            weight_decay_end=self.weight_decay_end,
+        )

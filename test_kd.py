@@ -1,47 +1,38 @@
 """Knowledge distillation: loss formulas, teacher/student flows via models.create_model, the DeiT distillation token, model EMA, XLA graphs.
 
-Top-level file, so tests/conftest.py does not apply: the PJRT CPU device and the torch_xla-before-TensorFlow import order are set up here.
+The root conftest.py sets up the PJRT CPU device, the import order and the shared `digits_dir` fixture, as for tests/.
 """
 
+import math
 import os
 
-os.environ.setdefault("PJRT_DEVICE", "CPU")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F
 
-from utils import import_order  # noqa: E402
-
-import_order.setup_import_order()
-
-import math  # noqa: E402
-
-import pytest  # noqa: E402
-import safetensors.torch  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import engine  # noqa: E402
-import losses  # noqa: E402
-import main  # noqa: E402
-import models  # noqa: E402
-from optim_factory import make_optimizer  # noqa: E402
-from tasks.classification import ClassificationTask  # noqa: E402
-from tasks.distillation import DistillationTask, get_teacher_dtype, make_teacher, setup_student  # noqa: E402
-from utils import checkpoint as ckpt  # noqa: E402
-from utils.device import make_runtime  # noqa: E402
-from utils.ema import ModelEma  # noqa: E402
-
-if import_order.xla_installed():
-    import torch_xla
-
-    # Before any CPU backward in this process (torch_xla harness gotcha: a later XLA backward would assert).
-    torch_xla.device()
+import engine
+import losses
+import main
+import models
+from optim_factory import make_optimizer
+from tasks.classification import ClassificationTask
+from tasks.distillation import DistillationTask, get_teacher_dtype, make_teacher, setup_student
+from utils import checkpoint as ckpt
+from utils import import_order
+from utils.device import make_runtime
+from utils.ema import ModelEma
 
 N_CLASSES = 10
 
 
 def _batch(b: int = 8, size: int = 16, seed: int = 0, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    batch = {"image": torch.randn(b, 3, size, size, generator=g), "label": torch.randint(0, N_CLASSES, (b,), generator=g), "_mask": torch.ones(b, dtype=torch.bool)}
+    batch = {
+        "image": torch.randn(b, 3, size, size, generator=g),
+        "label": torch.randint(0, N_CLASSES, (b,), generator=g),
+        "_mask": torch.ones(b, dtype=torch.bool),
+    }
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -220,7 +211,10 @@ def test_teacher_that_does_not_match_fails_at_startup_naming_keys(tmp_path):
         make_teacher("tiny_cnn", small_fpath, N_CLASSES, runtime)
     five_fpath = _save_weights(models.create_model("tiny_cnn", num_classes=5), tmp_path / "five.safetensors")
     # safetensors stores keys sorted: head.bias comes first.
-    with pytest.raises(ValueError, match=r"size mismatches \['head.bias: file \(5,\) vs model \(10,\)', 'head.weight: file \(5, 32\) vs model \(10, 32\)'\], missing keys \[\], unexpected keys \[\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"size mismatches \['head.bias: file \(5,\) vs model \(10,\)', 'head.weight: file \(5, 32\) vs model \(10, 32\)'\], missing keys \[\], unexpected keys \[\]",
+    ):
         make_teacher("tiny_cnn", five_fpath, N_CLASSES, runtime)
     ours_fpath = tmp_path / "vit.pt"
     torch.save({"model": models.create_model("tiny_cnn", num_classes=N_CLASSES).state_dict(), "args": {"model": "tiny_cnn"}}, ours_fpath)
@@ -252,15 +246,6 @@ def test_cli_validates_kd_flags_at_startup(tmp_path, capsys):
 # ---- end to end through main.py on the embedded digits data ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory) -> str:
-    import datasets
-
-    dpath = str(tmp_path_factory.mktemp("tfds"))
-    datasets.prepare_digits(dpath)
-    return dpath
-
-
 def _kd_argv(digits_dir: str, out, teacher_fpath: str, *extra: str) -> list[str]:
     return [
         "--device", "cpu", "--tfds_data_dir", digits_dir, "--output_dir", str(out), "--model", "tiny_cnn", "--batch_size", "64", "--max_steps_per_epoch", "2",
@@ -287,7 +272,9 @@ def test_kd_run_checkpoints_only_the_student_and_resumes_its_ema(digits_dir, tmp
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     os.link(ckpt.get_checkpoint_fpath(str(full), 2), ckpt.get_checkpoint_fpath(str(resumed), 2))
-    main.main(_kd_argv(digits_dir, resumed, teacher_fpath, "--epochs", "2", "--save_every_epochs", "1", "--keep_last", "5", "--model_ema_eval", "--resume", "auto"))
+    main.main(
+        _kd_argv(digits_dir, resumed, teacher_fpath, "--epochs", "2", "--save_every_epochs", "1", "--keep_last", "5", "--model_ema_eval", "--resume", "auto")
+    )
     again = ckpt.load_file(ckpt.list_checkpoints(str(resumed))[0][1])
     for key in ("model", "model_ema"):
         for k, v in state[key].items():

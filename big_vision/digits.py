@@ -9,7 +9,7 @@ PNG-encoded, so the default run reads it exactly like an ImageNet run reads JPEG
 import numpy as np
 import tensorflow_datasets as tfds
 
-from big_vision.tf_import import tf  # noqa: F401  (import order: torch_xla before TensorFlow)
+from utils.tf_import import tf  # noqa: F401  (import order: torch_xla before TensorFlow)
 
 N_TEST = 360
 SPLIT_SEED = 0

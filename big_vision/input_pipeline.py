@@ -20,7 +20,6 @@ number of collective calls everywhere).
 import difflib
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -29,12 +28,11 @@ import torch
 
 from big_vision.pp import builder as pp_builder
 from big_vision.pp import utils as pp_utils
-from big_vision.tf_import import tf
+from utils.tf_import import tf
 
 AUTOTUNE = -1
 
-# tf.data hands out read-only numpy buffers; torch wraps them without a copy and never writes to them.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+# tf.data hands out read-only numpy buffers; torch wraps them without a copy and never writes to them (the warning filter is in utils/process.py).
 
 
 def _make_pp(pp_str: str) -> Callable[[dict], dict]:
@@ -69,7 +67,9 @@ def _list_prepared(data_dpath: str) -> list[str]:
 def make_builder(name: str, data_dpath: str | None) -> tfds.core.DatasetBuilder:
     """The TFDS builder for `name` in `data_dpath` (local or gs://), prepared already (no downloads)."""
     if data_dpath is not None and not tf.io.gfile.exists(data_dpath):
-        raise FileNotFoundError(f"--tfds_data_dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)")
+        raise FileNotFoundError(
+            f"--tfds_data_dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)"
+        )
     try:
         builder = tfds.builder(name, data_dir=data_dpath, try_gcs=False)
     except tfds.core.registered.DatasetNotFoundError:
@@ -89,7 +89,9 @@ def get_split(builder: tfds.core.DatasetBuilder, split: str) -> str:
         n = builder.info.splits[split].num_examples
     except (KeyError, ValueError, AssertionError) as e:
         known = ", ".join(builder.info.splits.keys())
-        raise ValueError(f"bad split {split!r} for TFDS dataset {builder.info.full_name}: {e}; splits are {known} (slices like 'train[:90%]' work too)") from None
+        raise ValueError(
+            f"bad split {split!r} for TFDS dataset {builder.info.full_name}: {e}; splits are {known} (slices like 'train[:90%]' work too)"
+        ) from None
     if n == 0:
         raise ValueError(f"split {split!r} of {builder.info.full_name} has no examples")
     return split
@@ -150,7 +152,9 @@ def make_train_dataset(
     """One epoch of full batches for this process, starting at `start_step` of that epoch."""
     epoch_seed = seed * 100_003 + epoch
     read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False)
-    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, True), shuffle_files=True, read_config=read_config, decoders=_decoders(builder, skip_decode))
+    ds = builder.as_dataset(
+        split=_process_split(split, process_index, process_count, True), shuffle_files=True, read_config=read_config, decoders=_decoders(builder, skip_decode)
+    )
     if cache_raw:
         ds = ds.cache()
     if shuffle_buffer > 1:
@@ -213,7 +217,8 @@ def _to_torch(name: str, x: np.ndarray) -> torch.Tensor:
 def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, source: str = "the TFDS dataset") -> Iterator[dict[str, torch.Tensor]]:
     """tf.data batches -> dicts of torch tensors (string features are dropped).
 
-    A corrupt record (TF's DataLossError, raised mid-epoch) becomes a `BadInputError` naming `source` (dataset, split, directory) and the fix: the CLI prints one line and exits 2.
+    A corrupt record (TF's DataLossError, raised mid-epoch) becomes a `BadInputError` naming `source` (dataset, split, directory) and the
+    fix: the CLI prints one line and exits 2.
     """
     from utils.errors import BadInputError, first_line
 
@@ -224,5 +229,8 @@ def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, sour
         except StopIteration:
             return
         except tf.errors.DataLossError as e:
-            raise BadInputError(f"corrupt record in {source} ({first_line(e)}); the prepared files are damaged: restore them, or delete that directory and prepare the dataset again") from e
+            raise BadInputError(
+                f"corrupt record in {source} ({first_line(e)}); the prepared files are damaged:"
+                " restore them, or delete that directory and prepare the dataset again"
+            ) from e
         yield {k: _to_torch(k, v) for k, v in batch.items() if (keys is None or k in keys) and v.dtype != object}

@@ -8,6 +8,7 @@ from models import (
     set_model,  # noqa: F401
     small_cnn,  # noqa: F401  (register our models)
 )
+from models.config import ModelConfig
 from models.registry import check_model_input, check_model_kwargs, create_model, list_models, register_model
 
-__all__ = ["check_model_input", "check_model_kwargs", "create_model", "list_models", "register_model"]
+__all__ = ["ModelConfig", "check_model_input", "check_model_kwargs", "create_model", "list_models", "register_model"]

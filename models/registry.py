@@ -59,7 +59,9 @@ def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = N
         if m := _UNEXPECTED_RE.search(message):
             key = m.group(1)
             if key in flags:
-                raise ValueError(f"{flags[key]} {kwargs[key]} does not apply to model {name!r} (its constructor takes no {key!r}); drop {flags[key]}, or pick a model that takes it") from e
+                raise ValueError(
+                    f"{flags[key]} {kwargs[key]} does not apply to model {name!r} (its constructor takes no {key!r}); drop {flags[key]}, or pick a model that takes it"
+                ) from e
             raise ValueError(f"model {name!r} does not take {key!r}, which this data provides" + (f"; {hint}" if hint else "")) from e
         if m := _MISSING_RE.search(message):
             raise ValueError(f"model {name!r} needs {m.group(1)}, which this data does not provide" + (f"; {hint}" if hint else "")) from e

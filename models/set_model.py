@@ -47,7 +47,8 @@ class SetTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.decoder = Mlp(d_model, hidden_features=d_model, out_features=n_genes, drop=dropout)
         self.apply(self._init_weights)
-        # Unit-scale condition embeddings (nn.Embedding's own init): at ViT's 0.02 the encoder features of noisy cells (norm ~10-50 on log1p data) drowned them, and the model never learnt a perturbation-specific effect on the simulated screen.
+        # Unit-scale condition embeddings (nn.Embedding's own init): at ViT's 0.02 the encoder features of noisy cells (norm ~10-50 on log1p
+        # data) drowned them, and the model never learnt a perturbation-specific effect on the simulated screen.
         nn.init.normal_(self.pert_embed.weight, std=1.0)
         nn.init.normal_(self.context_embed.weight, std=1.0)
         # Zero last layer: pred == ctrl at init, so training starts from the "no effect" baseline.

@@ -12,8 +12,8 @@ Sets whose perturbation is the control (`control_index`) count in the set loss b
 Shape letters: b batch, s cells in a set, g genes, p perturbations.
 """
 
-import argparse
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from losses import make_set_loss, mean_mse
-from utils import metrics
-from utils.cell_sets import CellSetData
+from cells import metrics
+from cells.sets import CellSetData
+from losses import SetLossConfig, mean_mse
+from tasks.base import EvalPartial
 
 log = logging.getLogger("train")
 
@@ -37,6 +38,9 @@ def _masked_mean(x_b: torch.Tensor, mask_b: torch.Tensor) -> torch.Tensor:
 
 class CellSetTask:
     """Train with a per-set loss (losses.make_set_loss); evaluate with cell-eval metrics on held-out perturbations."""
+
+    headline = "pds"
+    tracked = {"pds": True, "des": True, "mae": False}
 
     def __init__(
         self,
@@ -86,28 +90,14 @@ class CellSetTask:
         return CellSetAccumulator(self)
 
 
-def make_set_loss_from_args(args: argparse.Namespace):
-    """The set loss named by `--set_loss` and the MMD flags (raises ValueError on a bad combination)."""
-    return make_set_loss(
-        args.set_loss,
-        estimator=args.mmd_estimator,
-        sigmas=args.mmd_sigmas,
-        blur=args.sinkhorn_blur,
-        sinkhorn_iters=args.sinkhorn_iters,
-        state_parity=args.set_loss_state_parity,
-        mean_mse_weight=args.mean_mse_weight,
-    )
-
-
-def make_cellset_task(args: argparse.Namespace, cells: CellSetData) -> CellSetTask:
+def make_cellset_task(config: SetLossConfig, cells: CellSetData) -> CellSetTask:
     """The task for `--data_set h5ad`: set loss from the MMD flags, names from the data, and the mean-of-perturbations baseline from the training sets."""
-    set_loss = make_set_loss_from_args(args)
     t0 = time.perf_counter()
     train_pert_mean_g = cells.get_train_pert_mean()
     log.info("cell sets: mean-of-perturbations baseline from the training perturbations of the eval contexts (%.1fs)", time.perf_counter() - t0)
-    log.info("set loss: %s (%s)%s", args.set_loss, args.mmd_estimator, f" + {args.mean_mse_weight:g} x set-mean MSE" if args.mean_mse_weight > 0 else "")
+    log.info("set loss: %s", config.describe())
     return CellSetTask(
-        set_loss,
+        config.build(),
         n_perts=cells.n_perts,
         control_index=cells.control_index,
         gene_names=cells.gene_names,
@@ -117,20 +107,27 @@ def make_cellset_task(args: argparse.Namespace, cells: CellSetData) -> CellSetTa
     )
 
 
-class CellSetAccumulator:
-    """Collects predicted and real cells per (context, perturbation) on the host; metrics at the end.
+@dataclasses.dataclass(frozen=True)
+class SetRecord:
+    """One real eval set on the host: its group, its set loss and its predicted, real and control cells [s, g]."""
 
-    Holds every eval cell in host memory (eval sets only). It sees this process's eval shard; with
-    several processes the engine must gather the sets (or evaluate on one process) for the metrics to
-    cover all perturbations.
+    context: int
+    pert: int
+    set_loss: float
+    pred_sg: np.ndarray
+    real_sg: np.ndarray
+    ctrl_sg: np.ndarray
+
+
+class CellSetAccumulator:
+    """Collects one `SetRecord` per real eval set on the host; `result` groups the records of every process by (context, perturbation).
+
+    Holds every eval cell in host memory (eval sets only). With several processes `tasks.base.reduce_eval` gathers the records of all of them, so the metrics cover every held-out group exactly once.
     """
 
     def __init__(self, task: CellSetTask):
         self.task = task
-        self.set_losses: list[float] = []
-        self.pred_cells: dict[tuple[int, int], list[np.ndarray]] = collections.defaultdict(list)
-        self.real_cells: dict[tuple[int, int], list[np.ndarray]] = collections.defaultdict(list)
-        self.ctrl_cells: dict[int, list[np.ndarray]] = collections.defaultdict(list)
+        self.records: list[SetRecord] = []
 
     def add(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         mask_b = batch["_mask"].cpu().numpy().astype(bool)
@@ -141,29 +138,39 @@ class CellSetAccumulator:
         pert_b = batch["pert"].cpu().numpy()
         context_b = batch["cell_line"].cpu().numpy()
         for i in np.flatnonzero(mask_b):
-            context, pert = int(context_b[i]), int(pert_b[i])
-            self.set_losses.append(float(loss_b[i]))
-            self.ctrl_cells[context].append(ctrl_bsg[i])
-            if pert == self.task.control_index:
-                continue
-            self.pred_cells[(context, pert)].append(pred_bsg[i])
-            self.real_cells[(context, pert)].append(real_bsg[i])
+            self.records.append(SetRecord(int(context_b[i]), int(pert_b[i]), float(loss_b[i]), pred_bsg[i], real_bsg[i], ctrl_bsg[i]))
 
-    def result(self) -> dict[str, float]:
+    def partial(self) -> EvalPartial:
+        return EvalPartial(records=list(self.records))
+
+    def result(self, sums: dict[str, float], records: list[SetRecord]) -> dict[str, float]:
+        pred_cells: dict[tuple[int, int], list[np.ndarray]] = collections.defaultdict(list)
+        real_cells: dict[tuple[int, int], list[np.ndarray]] = collections.defaultdict(list)
+        ctrl_cells: dict[int, list[np.ndarray]] = collections.defaultdict(list)
+        for r in records:
+            ctrl_cells[r.context].append(r.ctrl_sg)
+            if r.pert != self.task.control_index:  # control sets count in the set loss only
+                pred_cells[(r.context, r.pert)].append(r.pred_sg)
+                real_cells[(r.context, r.pert)].append(r.real_sg)
+        losses = [r.set_loss for r in records]
+        out = {"n_examples": float(len(losses)), "set_loss": float(np.mean(losses)) if losses else float("nan")}
+        out["n_perts_eval"] = float(len(pred_cells))
+        if pred_cells:
+            out.update(self._metrics(pred_cells, real_cells, ctrl_cells))
+        return out
+
+    def _metrics(self, pred_by_key: dict, real_by_key: dict, ctrl_by_context: dict) -> dict[str, float]:
+        """MAE, PDS and DES of the model and of the two baselines, per context, averaged over every (context, perturbation) pair."""
         task = self.task
-        out = {"n_examples": float(len(self.set_losses)), "set_loss": float(np.mean(self.set_losses)) if self.set_losses else float("nan")}
-        keys = sorted(self.pred_cells)
-        out["n_perts_eval"] = float(len(keys))
-        if not keys:
-            return out
-
+        keys = sorted(pred_by_key)
+        out: dict[str, float] = {}
         pred_bulk, real_bulk, ctrl_bulk, baseline_pert = [], [], [], []
         pds, des, pds_ctrl, pds_pert = [], [], [], []
         for context in sorted({c for c, _ in keys}):
             perts = [p for c, p in keys if c == context]
-            pred_cells = [np.concatenate(self.pred_cells[(context, p)]) for p in perts]
-            real_cells = [np.concatenate(self.real_cells[(context, p)]) for p in perts]
-            ctrl_rg = np.concatenate(self.ctrl_cells[context])
+            pred_cells = [np.concatenate(pred_by_key[(context, p)]) for p in perts]
+            real_cells = [np.concatenate(real_by_key[(context, p)]) for p in perts]
+            ctrl_rg = np.concatenate(ctrl_by_context[context])
             ctrl_g = ctrl_rg.mean(axis=0).astype(np.float64)
             pred_pg = np.stack([c.mean(axis=0) for c in pred_cells]).astype(np.float64)
             real_pg = np.stack([c.mean(axis=0) for c in real_cells]).astype(np.float64)

@@ -1,14 +1,29 @@
 """Image classification: cross-entropy (hard or soft targets) and masked top-1/top-5 eval."""
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.base import EvalPartial
+from utils import settings
 from utils.device import Runtime
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationConfig:
+    label_smoothing: float = settings.setting(0.0, range=settings.FRACTION)
+
+    def __post_init__(self):
+        settings.check_fields(self)
 
 
 class ClassificationTask:
     """Cross-entropy on `image` -> `label` (int64 [b]) or `labels` (float [b, c], e.g. after mixup)."""
+
+    headline = "acc1"
+    tracked = {"acc1": True, "acc5": True}  # best values kept in the checkpoint (higher is better)
 
     def __init__(self, runtime: Runtime, label_smoothing: float = 0.0):
         self.runtime = runtime
@@ -46,18 +61,20 @@ def classification_sums(logits_bc: torch.Tensor, label_b: torch.Tensor, mask_b: 
 
 
 class SumAccumulator:
-    """Adds per-batch device sums on the device; one reduction across processes and one host read at the end."""
+    """Adds per-batch device sums on the device; `tasks.base.reduce_eval` sums them over processes and reads them once."""
 
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
+    def __init__(self, runtime: Runtime | None = None):
         self.totals: dict[str, torch.Tensor] = {}
 
     def add(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         for k, v in outputs.items():
             self.totals[k] = self.totals[k] + v if k in self.totals else v
 
-    def result(self) -> dict[str, float]:
-        totals = {k: float(self.runtime.reduce_sum(v).item()) for k, v in self.totals.items()}
+    def partial(self) -> EvalPartial:
+        return EvalPartial(sums=dict(self.totals))
+
+    def result(self, sums: dict[str, float], records: list) -> dict[str, float]:
+        totals = dict(sums)
         count = max(totals.pop("count", 0.0), 1.0)
         out = {"n_examples": count}
         if "correct1" in totals:

@@ -11,21 +11,58 @@ same input tensor (after mixup, if any); every model here is trained on `value_r
 so no re-normalisation between them is needed.
 """
 
-import argparse
+import dataclasses
 import logging
 
 import torch
 from torch import nn
 
 import models
-from losses import DistillationLoss
+from losses import DISTILLATION_TYPES, KD_SCALINGS, DistillationLoss
 from tasks.classification import ClassificationTask
 from utils import checkpoint as ckpt
+from utils import fs, settings
 from utils.device import Runtime
 
 log = logging.getLogger("train")
 
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """The `distillation` flags. A teacher flag without `--kd` (or `--kd` without a teacher) would silently train something else: both stop here."""
+
+    kd: bool = False
+    distillation_type: str = settings.setting("none", choices=DISTILLATION_TYPES)
+    teacher_arch: str | None = None
+    teacher_path: str | None = None
+    teacher_img_size: int | None = settings.setting(None, range=settings.POSITIVE)
+    teacher_dtype: str = settings.setting("fp32", choices=tuple(TEACHER_DTYPES))
+    kd_alpha: float = settings.setting(0.5, range=settings.PROBABILITY)
+    kd_temperature: float = settings.setting(1.0, range=settings.POSITIVE)
+    kd_scaling: str = settings.setting("batchmean_t2", choices=KD_SCALINGS)
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        if not self.kd:
+            given = [f"--{k}" for k in ("teacher_arch", "teacher_path", "teacher_img_size") if getattr(self, k) is not None]
+            given += ["--distillation_type"] if self.distillation_type != "none" else []
+            if given:
+                raise ValueError(f"{', '.join(given)} given without --kd; add --kd to distil, or drop them")
+            return
+        if self.distillation_type == "none":
+            raise ValueError("--kd needs --distillation_type soft or hard, got none")
+        for flag in ("teacher_arch", "teacher_path"):
+            if not getattr(self, flag):
+                raise ValueError(f"--kd needs --{flag} (the teacher's model name and its trained weights)")
+        if not fs.isfile(self.teacher_path):  # local or gs://
+            raise ValueError(
+                f"--teacher_path {self.teacher_path!r} does not exist; pass a checkpoint-*.pt from a teacher run, a timm-style state dict or a .safetensors file"
+            )
+
+    def make_loss(self, label_smoothing: float) -> DistillationLoss:
+        return DistillationLoss(self.distillation_type, self.kd_alpha, self.kd_temperature, scaling=self.kd_scaling, label_smoothing=label_smoothing)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -37,8 +74,7 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def get_teacher_dtype(name: str, runtime: Runtime) -> torch.dtype:
     """`fp32` or `bf16`; bf16 needs a device that computes in it (TPU, recent GPUs, CPU eager)."""
-    if name not in TEACHER_DTYPES:
-        raise ValueError(f"--teacher_dtype {name!r} is not one of {', '.join(TEACHER_DTYPES)}")
+    settings.check_choice("teacher_dtype", name, tuple(TEACHER_DTYPES))
     if name == "bf16" and runtime.kind == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("--teacher_dtype bf16 but this GPU has no bf16 support; use --teacher_dtype fp32")
     return TEACHER_DTYPES[name]
@@ -99,18 +135,18 @@ class DistillationTask(ClassificationTask):
         return self.criterion(outputs, teacher_logits_bc, self.targets(batch))
 
 
-def make_distillation_task(args: argparse.Namespace, runtime: Runtime, model: nn.Module, num_classes: int) -> DistillationTask:
+def make_distillation_task(config: DistillConfig, runtime: Runtime, model: nn.Module, num_classes: int, label_smoothing: float = 0.0) -> DistillationTask:
     """The task for `--kd`: teacher from `--teacher_arch`/`--teacher_path`, loss from the KD flags."""
-    dtype = get_teacher_dtype(args.teacher_dtype, runtime)
-    teacher = make_teacher(args.teacher_arch, args.teacher_path, num_classes, runtime, dtype=dtype, img_size=args.teacher_img_size)
+    dtype = get_teacher_dtype(config.teacher_dtype, runtime)
+    teacher = make_teacher(config.teacher_arch, config.teacher_path, num_classes, runtime, dtype=dtype, img_size=config.teacher_img_size)
     has_token = setup_student(runtime.unwrap(model))
-    criterion = DistillationLoss(args.distillation_type, args.kd_alpha, args.kd_temperature, scaling=args.kd_scaling, label_smoothing=args.label_smoothing)
+    criterion = config.make_loss(label_smoothing)
     log.info(
         "distillation: %s, alpha %g, T %g, scaling %s, %s",
-        args.distillation_type,
-        args.kd_alpha,
-        args.kd_temperature,
-        args.kd_scaling,
+        config.distillation_type,
+        config.kd_alpha,
+        config.kd_temperature,
+        config.kd_scaling,
         "class head -> labels, distillation token head -> teacher" if has_token else "one head for labels and teacher",
     )
     return DistillationTask(runtime, teacher, criterion, teacher_dtype=dtype)

@@ -1,21 +1,18 @@
-"""Run by tests/test_parallel.py under torchrun: a few DDP (gloo) steps on fixed global batches.
+"""Run by tests/test_parallel.py under torchrun (`-m tests.ddp_worker OUT`, from the repository root): a few DDP (gloo) steps on fixed global batches.
 
 Every process takes its slice of the same global batch, so the result must equal one process that
 sees the whole batch. Rank 0 writes per-step global losses and the final weights to argv[1].
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-import engine  # noqa: E402
-import models  # noqa: E402
-from optim_factory import make_optimizer  # noqa: E402
-from tasks.classification import ClassificationTask  # noqa: E402
-from utils.device import make_runtime  # noqa: E402
+import engine
+import models
+from optim_factory import make_optimizer
+from tasks.classification import ClassificationTask
+from utils.device import make_runtime
 
 GLOBAL_BATCH, N_STEPS = 16, 4
 

@@ -1,6 +1,10 @@
-"""Subprocesses for tests (and stress tools) that never outlive their caller: each child runs in its own process group (session), and everything it started is killed on timeout, on failure to finish, or when the calling process itself is interrupted.
+"""Subprocesses for tests (and stress tools) that never outlive their caller: each child runs in its own process group (session), and
+everything it started is killed on timeout, on failure to finish, or when the calling process itself is interrupted.
 
-`run` is `subprocess.run` with that guarantee; `Popen` is a context manager for tests that signal a running child. The process group alone is not enough: torchrun starts every worker in a session of its own (`start_new_session=True` in torch.distributed.elastic), and a worker whose launcher died is reparented to init. So every child gets a tag in its environment (`TESTS_PROC_TAG`), which its descendants inherit, and a kill reaches the child's group and every live process that carries the tag, wherever it sits in the process tree.
+`run` is `subprocess.run` with that guarantee; `Popen` is a context manager for tests that signal a running child. The process group alone
+is not enough: torchrun starts every worker in a session of its own (`start_new_session=True` in torch.distributed.elastic), and a worker
+whose launcher died is reparented to init. So every child gets a tag in its environment (`TESTS_PROC_TAG`), which its descendants inherit,
+and a kill reaches the child's group and every live process that carries the tag, wherever it sits in the process tree.
 
 Zombies do not count as alive: PID 1 of a container or a micro-VM often never reaps orphans, and a zombie holds no resources that matter to a test.
 """
@@ -112,7 +116,9 @@ def kill_group(proc: _TaggedPopen, grace_s: float = KILL_GRACE_S) -> None:
 
 
 def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """`subprocess.run(cmd, ...)` in a new session; on timeout everything it started is killed and `TimedOut` (a `subprocess.TimeoutExpired`) raised with all the output it wrote. Text output captured by default."""
+    """`subprocess.run(cmd, ...)` in a new session; on timeout everything it started is killed and `TimedOut` (a
+    `subprocess.TimeoutExpired`) raised with all the output it wrote. Text output captured by default.
+    """
     if kwargs.pop("capture_output", True):
         if "stdout" in kwargs or "stderr" in kwargs:
             raise ValueError("stdout and stderr arguments may not be used with capture_output (pass capture_output=False)")
@@ -137,7 +143,9 @@ def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProc
 
 
 def _communicate(proc: _TaggedPopen, timeout: float) -> tuple[str | bytes | None, str | bytes | None]:
-    """`proc.communicate(timeout=timeout)`, except that once the child has exited, processes it left holding its pipes get `LINGER_S` to finish and are then killed: the run is over when the child is."""
+    """`proc.communicate(timeout=timeout)`, except that once the child has exited, processes it left holding its pipes get `LINGER_S` to
+    finish and are then killed: the run is over when the child is.
+    """
     deadline = time.monotonic() + timeout
     exited_at = None
     while True:

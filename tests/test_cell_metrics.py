@@ -1,11 +1,11 @@
-"""cell-eval metrics (utils/metrics.py) on tiny hand-made inputs with hand-computed answers."""
+"""cell-eval metrics (cells/metrics.py) on tiny hand-made inputs with hand-computed answers."""
 
 import math
 
 import numpy as np
 import pytest
 
-from utils import metrics
+from cells import metrics
 
 
 def test_pseudobulk_mae_hand_computed():

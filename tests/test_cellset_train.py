@@ -11,7 +11,7 @@ import yaml
 
 import datasets
 import main
-from tools import simulate_h5ad
+from cells import simulate as simulate_h5ad
 from utils import checkpoint as ckpt
 from utils import errors
 
@@ -63,8 +63,7 @@ def test_cpu_run_reports_cell_metrics_and_baselines_and_writes_a_checkpoint(sim_
 
 
 def test_context_transfer_split_holds_perturbations_out_in_one_context_only(sim_fpath):
-    args = main.parse_args(_args(sim_fpath, "unused", "--eval_frac", "0.5", "--eval_contexts", "line1"))
-    data = datasets.build_data(args)
+    data = datasets.build_data(main.parse_settings(_args(sim_fpath, "unused", "--eval_frac", "0.5", "--eval_contexts", "line1")).data)
     cells = data.cells
     held_out = {cells.pert_names.index(p) for p in cells.eval_pert_names}
     assert len(held_out) == 4 and data.info["held_out_in"] == ["line1"]
@@ -75,11 +74,11 @@ def test_context_transfer_split_holds_perturbations_out_in_one_context_only(sim_
     mean_g = cells.get_train_pert_mean()
     assert mean_g.shape == (cells.n_genes,) and np.all(np.isfinite(mean_g))
     with pytest.raises(ValueError, match=r"--eval_contexts: context 'line9' has no cells.*close matches: \['line1'"):
-        datasets.build_data(main.parse_args(_args(sim_fpath, "unused", "--eval_contexts", "line9")))
+        datasets.build_data(main.parse_settings(_args(sim_fpath, "unused", "--eval_contexts", "line9")).data)
 
 
 def test_train_batches_resume_mid_epoch_at_the_same_batch(sim_fpath):
-    data = datasets.build_data(main.parse_args(_args(sim_fpath, "unused")))
+    data = datasets.build_data(main.parse_settings(_args(sim_fpath, "unused")).data)
     full = list(data.train_batches(1))
     assert len(full) == data.steps_per_epoch >= 3
     resumed = list(data.train_batches(1, 2))
@@ -105,13 +104,12 @@ def test_xla_run_does_not_recompile_after_warmup(sim_fpath, tmp_path, xla_device
 def test_embedded_screen_is_simulated_on_first_use_but_a_missing_user_file_is_an_error(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(datasets, "SIM_H5AD_KWARGS", TINY_SIM)
-    args = main.parse_args(_args(datasets.SIM_H5AD_FPATH, "unused"))
-    data = datasets.build_data(args)
-    assert (tmp_path / datasets.SIM_H5AD_FPATH).is_file() and data.info["n_cells"] == TINY_SIM["n_cells"]
+    monkeypatch.setattr(simulate_h5ad, "EMBEDDED_KWARGS", TINY_SIM)
+    data = datasets.build_data(main.parse_settings(_args(simulate_h5ad.EMBEDDED_FPATH, "unused")).data)
+    assert (tmp_path / simulate_h5ad.EMBEDDED_FPATH).is_file() and data.info["n_cells"] == TINY_SIM["n_cells"]
     assert any("generating the embedded simulated screen" in r.getMessage() for r in caplog.records)
     with pytest.raises(FileNotFoundError, match=r"h5ad file not found: data/my_screen\.h5ad"):
-        datasets.build_data(main.parse_args(_args("data/my_screen.h5ad", "unused")))
+        datasets.build_data(main.parse_settings(_args("data/my_screen.h5ad", "unused")).data)
 
 
 def test_missing_h5ad_file_names_the_path(tmp_path):
@@ -157,4 +155,4 @@ def test_recipe_starts_with_its_command_and_parses():
     with open(fpath) as fd:
         assert fd.readline().strip() == f"# python main.py --config {fpath}"
     args = main.parse_args(["--config", fpath])
-    assert args.data_set == "h5ad" and args.h5ad_path == [datasets.SIM_H5AD_FPATH] and args.model == "set_transformer"
+    assert args.data_set == "h5ad" and args.h5ad_path == [simulate_h5ad.EMBEDDED_FPATH] and args.model == "set_transformer"

@@ -10,19 +10,29 @@ import pytest
 import scipy.sparse
 import torch
 
-from tools import simulate_h5ad
-from utils import cell_sets, h5ad
+from cells import genes, h5ad
+from cells import sets as cell_sets
+from cells import simulate as simulate_h5ad
 
 
 def write_h5ad(
-    fpath: str, x_ng: np.ndarray, obs: dict[str, list[str]], *, symbols: list[str] | None = None, gene_ids: list[str] | None = None, sparse: bool = True, compression: str | None = None
+    fpath: str,
+    x_ng: np.ndarray,
+    obs: dict[str, list[str]],
+    *,
+    symbols: list[str] | None = None,
+    gene_ids: list[str] | None = None,
+    sparse: bool = True,
+    compression: str | None = None,
 ) -> str:
     """A small file written by anndata itself, so the reader is checked against anndata's own encoding."""
     n_genes = x_ng.shape[1]
     var = pd.DataFrame(index=symbols or [f"G{i}" for i in range(n_genes)])
     if gene_ids is not None:
         var["gene_id"] = gene_ids
-        var["highly_variable"] = pd.array([True, None] * (n_genes // 2) + [False] * (n_genes % 2), dtype="boolean")  # a nullable column the gene reader must skip
+        var["highly_variable"] = pd.array(
+            [True, None] * (n_genes // 2) + [False] * (n_genes % 2), dtype="boolean"
+        )  # a nullable column the gene reader must skip
     obs_df = pd.DataFrame({k: pd.Categorical(v) for k, v in obs.items()}, index=[f"c{i}" for i in range(len(x_ng))])
     x = scipy.sparse.csr_matrix(x_ng.astype(np.float32)) if sparse else x_ng.astype(np.float32)
     anndata.AnnData(X=x, obs=obs_df, var=var).write_h5ad(fpath, compression=compression)
@@ -152,7 +162,9 @@ def test_absent_control_label_lists_frequent_labels_and_close_matches(tmp_path) 
     obs = make_obs(60)
     obs["target_gene"] = ["non_targeting" if p == "non-targeting" else p for p in obs["target_gene"]]
     fpath = write_h5ad(str(tmp_path / "ctl.h5ad"), make_counts(60, 10), obs)
-    with pytest.raises(ValueError, match=r"control label 'non-targeting'.*most frequent labels: \['non_targeting \(\d+ cells\)'.*close matches: \['non_targeting'\]"):
+    with pytest.raises(
+        ValueError, match=r"control label 'non-targeting'.*most frequent labels: \['non_targeting \(\d+ cells\)'.*close matches: \['non_targeting'\]"
+    ):
         h5ad.H5adFile(fpath, transform="none")
 
 
@@ -178,8 +190,8 @@ def test_gene_vocab_matches_ids_then_unique_symbols(tmp_path) -> None:
     vocab_fpath = tmp_path / "vocab.txt"
     # Ensembl id (with a different version) -> gene 4; unique symbol -> gene 1; ambiguous symbol; unknown gene.
     vocab_fpath.write_text("ENSG00000000005.7\nB\nDUP\nNOTAGENE\n")
-    vocab = h5ad.read_gene_vocab(str(vocab_fpath))
-    gene_map = h5ad.make_gene_map(vocab, reader.gene_symbols, reader.gene_ids, vocab_name=str(vocab_fpath), h5ad_fpath=fpath)
+    vocab = genes.read_gene_vocab(str(vocab_fpath))
+    gene_map = genes.make_gene_map(vocab, reader.gene_symbols, reader.gene_ids, vocab_name=str(vocab_fpath), h5ad_fpath=fpath)
     assert (gene_map.n_matched, gene_map.n_ambiguous, gene_map.n_missing) == (2, 1, 1)
     np.testing.assert_array_equal(gene_map.vocab_to_file_g, [4, 1, -1, -1])
     reader.set_gene_map(gene_map)

@@ -45,7 +45,9 @@ def test_train_is_sharded_seeded_and_resumable(digits_dir):
     builder = ip.make_builder("sklearn_digits", digits_dir)
 
     def ids(epoch, start_step=0, process_index=0, process_count=1, seed=0):
-        ds = ip.make_train_dataset(builder, "train", PP, 32, epoch=epoch, start_step=start_step, seed=seed, process_index=process_index, process_count=process_count)
+        ds = ip.make_train_dataset(
+            builder, "train", PP, 32, epoch=epoch, start_step=start_step, seed=seed, process_index=process_index, process_count=process_count
+        )
         return [b["id"].numpy() for b in ip.iterate_torch(ds)]
 
     epoch0 = ids(0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import main
-from utils import mixup as mixup_lib
+from big_vision import mixup as mixup_lib
 
 N_CLASSES = 5
 B = 8
@@ -134,14 +134,13 @@ def _args(digits_dir: str, *extra: str) -> list[str]:
 def test_train_batches_carry_soft_targets_when_enabled(digits_dir):
     import datasets
 
-    args = main.parse_args(_args(digits_dir, "--mixup", "0.8", "--cutmix", "1.0", "--mixup_mode", "pair"))
-    data = datasets.build_data(args)
+    data = datasets.build_data(main.parse_settings(_args(digits_dir, "--mixup", "0.8", "--cutmix", "1.0", "--mixup_mode", "pair")).data)
     for batch in [next(data.train_batches(0)), next(data.train_batches(1, start_step=3))]:
         assert set(batch) == {"image", "labels"}
         assert batch["image"].shape == (32, 3, 32, 32) and batch["labels"].shape == (32, 10) and batch["labels"].dtype == torch.float32
         torch.testing.assert_close(batch["labels"].sum(1), torch.ones(32), rtol=0, atol=1e-6)
     assert set(next(data.eval_batches())) == {"image", "label", "_mask"}, "eval batches are never mixed"
-    plain = datasets.build_data(main.parse_args(_args(digits_dir)))
+    plain = datasets.build_data(main.parse_settings(_args(digits_dir)).data)
     assert set(next(plain.train_batches(0))) == {"image", "label"}, "off by default"
 
 
@@ -158,10 +157,10 @@ def test_bad_mixup_settings_fail_at_start_up(digits_dir, capsys):
             main.parse_args(_args(digits_dir, *extra))
         assert re.search(message, capsys.readouterr().err), extra
     with pytest.raises(ValueError, match="per-process batch size must be even, got 31"):
-        datasets.build_data(main.parse_args(_args(digits_dir, "--mixup", "0.8", "--batch_size", "31")))
+        datasets.build_data(main.parse_settings(_args(digits_dir, "--mixup", "0.8", "--batch_size", "31")).data)
     onehot_pp = 'decode|resize(32)|value_range(-1, 1)|onehot(10, key="label", key_result="labels")|keep("image", "labels")'
     with pytest.raises(ValueError, match="mix int class labels under the key 'label'"):
-        datasets.build_data(main.parse_args(_args(digits_dir, "--mixup", "0.8", "--big_vision_pp_train", onehot_pp)))
+        datasets.build_data(main.parse_settings(_args(digits_dir, "--mixup", "0.8", "--big_vision_pp_train", onehot_pp)).data)
 
 
 def test_config_yaml_takes_the_minmax_list(digits_dir, tmp_path):
@@ -178,7 +177,20 @@ def test_config_yaml_takes_the_minmax_list(digits_dir, tmp_path):
 def test_xla_train_with_mixup_and_cutmix_compiles_once(digits_dir, tmp_path, xla_device, caplog):
     """A new lambda and box every step, yet the train step compiles once: mixing happens on the host."""
     caplog.set_level(logging.INFO)
-    extra = ["--device", "xla", "--epochs", "2", "--max_steps_per_epoch", "3", "--eval_every_epochs", "1", "--log_every", "1", "--output_dir", str(tmp_path / "run")]
+    extra = [
+        "--device",
+        "xla",
+        "--epochs",
+        "2",
+        "--max_steps_per_epoch",
+        "3",
+        "--eval_every_epochs",
+        "1",
+        "--log_every",
+        "1",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
     summary = main.main(_args(digits_dir, "--mixup", "0.8", "--cutmix", "1.0", "--label_smoothing", "0.1", *extra))
     counts = [int(m.group(1)) for r in caplog.records if (m := re.search(r"xla: (\d+) graphs compiled so far", r.getMessage()))]
     assert len(counts) == 2 and counts[0] == counts[1], f"recompiled after the first epoch: {counts}"

@@ -9,9 +9,9 @@ import pytest
 import scipy.optimize
 import torch
 
-os.environ.setdefault("PJRT_DEVICE", "CPU")
+import losses
 
-import losses  # noqa: E402
+os.environ.setdefault("PJRT_DEVICE", "CPU")  # read when the XLA test starts the device, not at import (tests/conftest.py sets it too)
 
 
 def _d2(u, v) -> float:

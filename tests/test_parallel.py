@@ -32,7 +32,11 @@ def _assert_same_weights(got: dict, want: dict, lr: float) -> None:
     """Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise can flip its sign and move that one weight by up to ~lr, so the bulk is compared tightly and the worst element against the LR."""
     for k, v in want.items():
         diff = (got[k].double() - v.double()).abs()
-        assert diff.mean() < 5e-6 and diff.max() <= lr, (k, diff.mean().item(), diff.max().item())  # BatchNorm running stats sum batch means in another order per shard: ~1e-6 on average after 4 steps
+        assert diff.mean() < 5e-6 and diff.max() <= lr, (
+            k,
+            diff.mean().item(),
+            diff.max().item(),
+        )  # BatchNorm running stats sum batch means in another order per shard: ~1e-6 on average after 4 steps
 
 
 def _losses(out_dpath) -> list[float]:
@@ -87,8 +91,35 @@ def test_torchrun_ddp_two_processes_match_one(tmp_path):
     for n in (1, 2):
         out = tmp_path / f"ddp{n}.pt"
         # A run that hangs at exit (tools/stress_ddp_teardown.py counts them) fails here in 2 minutes with its output, and takes its workers with it.
-        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "tests/ddp_worker.py", str(out)], {"OMP_NUM_THREADS": "1"}, timeout_s=120)
+        _run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "tests.ddp_worker", str(out)],
+            {"OMP_NUM_THREADS": "1"},
+            timeout_s=120,
+        )
         results[n] = torch.load(out, weights_only=True)
     assert results[2]["world_size"] == 2
     assert results[2]["losses"] == pytest.approx(results[1]["losses"], rel=1e-5)
     _assert_same_weights(results[2]["model"], results[1]["model"], lr=1e-2)
+
+
+@pytest.mark.slow
+def test_cellset_eval_over_two_processes_covers_every_held_out_group_once(tmp_path):
+    """Two torchrun processes each evaluate half of the held-out sets; the gathered metrics equal one process's, over every group exactly once."""
+    from cells import simulate
+
+    h5ad_fpath = simulate.simulate_h5ad(str(tmp_path / "cells.h5ad"), n_cells=1200, n_genes=24, n_perts=10, n_contexts=2, seed=3)
+    results = {}
+    for n in (1, 2):
+        out = tmp_path / f"eval{n}.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "tests.cellset_eval_worker", h5ad_fpath, str(out)]
+        _run(cmd, {"OMP_NUM_THREADS": "1"}, timeout_s=180)
+        results[n] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert two["world_size"] == 2
+    keys = [tuple(k) for k in two["keys"]]
+    assert len(keys) == one["n_eval_groups"] == len(set(keys)), "every held-out group exactly once"
+    assert sorted(keys) == sorted(tuple(k) for k in one["keys"])
+    assert two["metrics"]["n_examples"] == one["n_eval_groups"]
+    assert two["metrics"]["n_perts_eval"] == one["metrics"]["n_perts_eval"] > 0
+    for name in ("set_loss", "mae", "pds", "des", "baseline_ctrl_mae", "baseline_pert_pds", "score_mae"):
+        assert two["metrics"][name] == pytest.approx(one["metrics"][name], rel=1e-5, abs=1e-7), name

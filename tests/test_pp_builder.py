@@ -5,11 +5,13 @@ import pytest
 import skimage.data
 
 from big_vision.pp import builder, registry
-from big_vision.tf_import import tf
+from utils.tf_import import tf
 
 MODES = ("eager", "tf_data")
 I1K_TRAIN = 'decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|onehot(1000, key="label", key_result="labels")|keep("image", "labels")'
-I1K_TRAIN_RANDAUG = 'decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2,15)|value_range(-1, 1)|onehot(1000, key="label", key_result="labels")|keep("image", "labels")'
+I1K_TRAIN_RANDAUG = (
+    'decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2,15)|value_range(-1, 1)|onehot(1000, key="label", key_result="labels")|keep("image", "labels")'
+)
 I1K_EVAL = 'decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|onehot(1000, key="label", key_result="labels")|keep("image", "labels")'
 
 
@@ -77,7 +79,9 @@ def test_only_literal_arguments(segment):
 
 def test_literal_kinds_are_accepted():
     # negative numbers, tuples, lists, strings, True/False/None all pass ast.literal_eval
-    builder.get_preprocess_fn('value_range(-1, 1, in_min=(0, 0, 0), in_max=[255, 255, 255], clip_values=True)|pad_to_shape((4, None), key="x")|onehot(10, key_result=None)')
+    builder.get_preprocess_fn(
+        'value_range(-1, 1, in_min=(0, 0, 0), in_max=[255, 255, 255], clip_values=True)|pad_to_shape((4, None), key="x")|onehot(10, key_result=None)'
+    )
 
 
 def test_syntax_error_names_the_segment():

@@ -1,4 +1,6 @@
-"""tests/proc.py: a child that times out, fails or leaves processes behind takes everything it started with it, grandchildren in other sessions (as torchrun starts its workers) included."""
+"""tests/proc.py: a child that times out, fails or leaves processes behind takes everything it started with it, grandchildren in other
+sessions (as torchrun starts its workers) included.
+"""
 
 import os
 import subprocess
@@ -9,7 +11,8 @@ import pytest
 
 from tests import proc
 
-# A child that starts two sleeping grandchildren, one in its own process group and one in a session of its own, prints all three pids, then sleeps itself (or exits at once with "exit").
+# A child that starts two sleeping grandchildren, one in its own process group and one in a session of its own, prints all three pids, then
+# sleeps itself (or exits at once with "exit").
 PARENT = """
 import os, subprocess, sys, time
 sleep = [sys.executable, "-c", "import time; time.sleep(60)"]

@@ -61,7 +61,9 @@ def test_sigterm_mid_epoch_checkpoints_then_resume_matches_the_uninterrupted_run
     # pytest-timeout interrupts a hung read below; leaving the `with` kills the child and anything it started.
     with (
         open(tmp_path / "stderr.txt", "w") as err_fd,
-        proc.Popen([sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_fd, text=True) as child,
+        proc.Popen(
+            [sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_fd, text=True
+        ) as child,
     ):
         stdout = []
         for line in child.stdout:
@@ -134,11 +136,15 @@ def test_divergence_stops_at_the_next_log_point_and_keeps_the_last_good_checkpoi
 def test_gfile_output_dir_holds_checkpoints_and_logs_and_resumes(digits_dir, tmp_path):
     """A `file://` URL takes the same gfile code path as gs:// (there is no GCS here)."""
     url = f"file://{tmp_path}/remote"
-    argv = _argv(digits_dir, url, "--model", "tiny_cnn", "--epochs", "1", "--max_steps_per_epoch", "3", "--save_every_steps", "1", "--keep_last", "2", "--tensorboard")
+    argv = _argv(
+        digits_dir, url, "--model", "tiny_cnn", "--epochs", "1", "--max_steps_per_epoch", "3", "--save_every_steps", "1", "--keep_last", "2", "--tensorboard"
+    )
     main.main(argv)
     assert [s for s, _ in ckpt.list_checkpoints(url)] == [3, 2], "keep-last-2 through gfile"
     local = tmp_path / "remote"
-    assert sorted(p.name for p in local.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-00000002.pt", "checkpoint-00000003.pt"], "no temp files left"
+    assert sorted(p.name for p in local.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-00000002.pt", "checkpoint-00000003.pt"], (
+        "no temp files left"
+    )
     assert (local / "args.yaml").is_file() and "train/loss" in (local / "metrics.jsonl").read_text()
     assert any(p.name.startswith("events.out.tfevents") for p in (local / "tb").iterdir())
     # Truncate the newest through the local path; resume through the URL takes step 2 and reports the bad file by its URL.
@@ -247,7 +253,9 @@ def test_second_sigint_while_stopping_exits_at_once_without_a_checkpoint(digits_
 
     out = tmp_path / "twice"
     env = {**os.environ, "FAULT_SLOW_STEP_S": "1.5", "PJRT_DEVICE": "CPU"}
-    with proc.Popen([sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+    with proc.Popen(
+        [sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
         killer = threading.Timer(180, child.kill)  # never hang the suite
         killer.start()
         for line in child.stdout:

@@ -6,7 +6,9 @@ import torch
 
 import losses
 import models
+from tasks.base import reduce_eval
 from tasks.cellset import CellSetTask
+from utils.device import make_runtime
 
 N_GENES, N_PERTS, N_CONTEXTS = 6, 4, 2
 GENE_NAMES = ["A", "B", "C", "D", "E", "F"]
@@ -126,7 +128,7 @@ def test_eval_accumulator_perfect_prediction_and_baselines():
     acc = task.make_eval_accumulator()
     for batch in _eval_batches():
         acc.add({"pred": batch["target"].clone(), "set_loss": torch.zeros(batch["pert"].shape[0])}, batch)
-    res = acc.result()
+    res = reduce_eval(acc, make_runtime("cpu"))
     assert res["n_examples"] == 7.0 and res["n_perts_eval"] == 3.0
     assert res["mae"] == 0.0 and res["pds"] == 1.0 and res["des"] == 1.0
     assert res["baseline_ctrl_mae"] > 0.1 and res["baseline_pert_mae"] > 0.1
@@ -143,11 +145,13 @@ def test_eval_accumulator_with_model_outputs():
             outputs = task.eval_outputs(model, batch)
         assert outputs["pred"].shape == batch["target"].shape and outputs["set_loss"].shape == batch["pert"].shape
         acc.add(outputs, batch)
-    res = acc.result()
+    res = reduce_eval(acc, make_runtime("cpu"))
     # At init the model predicts the control cells of each set: its pseudobulk is the mean of those sets' controls.
     first, last = _eval_batches()
     full = {k: torch.cat([first[k], last[k][:-1]]) for k in first}  # the valid rows
-    want = np.mean([(full["ctrl"][full["pert"] == p].mean(dim=(0, 1)) - full["target"][full["pert"] == p].mean(dim=(0, 1))).abs().mean().item() for p in (1, 2, 3)])
+    want = np.mean(
+        [(full["ctrl"][full["pert"] == p].mean(dim=(0, 1)) - full["target"][full["pert"] == p].mean(dim=(0, 1))).abs().mean().item() for p in (1, 2, 3)]
+    )
     assert res["mae"] == pytest.approx(want, rel=1e-5)
     assert "baseline_pert_mae" not in res
     assert res["set_loss"] > 0

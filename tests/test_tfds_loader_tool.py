@@ -1,4 +1,4 @@
-"""tools/test_tfds_loader.py as a user runs it: a subprocess on the embedded digits dataset."""
+"""`python -m tools.test_tfds_loader` as a user runs it: a subprocess on the embedded digits dataset."""
 
 import os
 import re
@@ -11,12 +11,11 @@ import pytest
 from tests import proc
 
 REPO_DPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL_FPATH = os.path.join(REPO_DPATH, "tools", "test_tfds_loader.py")
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PJRT_DEVICE": "CPU", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return proc.run([sys.executable, TOOL_FPATH, *argv], env=env, cwd=str(REPO_DPATH), timeout=240)
+    return proc.run([sys.executable, "-m", "tools.test_tfds_loader", *argv], env=env, cwd=str(REPO_DPATH), timeout=240)
 
 
 def test_describes_times_and_draws_digits(digits_dir, tmp_path):
@@ -25,7 +24,23 @@ def test_describes_times_and_draws_digits(digits_dir, tmp_path):
     grid_fpath = tmp_path / "grid.png"
     pp = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
     r = _run(
-        "--data-dir", digits_dir, "--split", "train", "--num-samples", "8", "--pp", pp, "--batch-size", "32", "--time-it", "--seconds", "1", "--warmup-seconds", "0.5", "--save-grid", str(grid_fpath)
+        "--data-dir",
+        digits_dir,
+        "--split",
+        "train",
+        "--num-samples",
+        "8",
+        "--pp",
+        pp,
+        "--batch-size",
+        "32",
+        "--time-it",
+        "--seconds",
+        "1",
+        "--warmup-seconds",
+        "0.5",
+        "--save-grid",
+        str(grid_fpath),
     )
     assert r.returncode == 0, r.stderr
     out = r.stdout

@@ -65,7 +65,9 @@ def test_xla_run_reports_compiles_and_does_not_recompile(digits_dir, tmp_path, x
     """3 epochs on PJRT CPU; the eval split (360) does not divide the eval batch (64): still no new compiles after epoch 1."""
     caplog.set_level(logging.INFO)
     out = tmp_path / "xla"
-    summary = main.main(_args(digits_dir, out, "--device", "xla", "--epochs", "3", "--max_steps_per_epoch", "4", "--eval_every_epochs", "1", "--log_every", "2"))
+    summary = main.main(
+        _args(digits_dir, out, "--device", "xla", "--epochs", "3", "--max_steps_per_epoch", "4", "--eval_every_epochs", "1", "--log_every", "2")
+    )
     counts = [int(m.group(1)) for r in caplog.records if (m := re.search(r"xla: (\d+) graphs compiled so far", r.getMessage()))]
     assert len(counts) == 3, counts
     assert counts[0] == counts[2], f"recompiled after warm-up: {counts}"

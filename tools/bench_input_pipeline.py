@@ -1,15 +1,25 @@
 """Benchmark the ImageNet-style train input pipeline (TFDS + pp) against timm's loader on the same JPEG files.
 
-The data is built at run time from the photos that ship with scikit-image (`skimage.data`): random crops, rescales and flips give `--n_images` distinct RGB images of ImageNet-like sizes (about 60% at 500 px on the longer side, like ImageNet's typical 500x375 and 500x333, the rest 300 to 800 px), JPEG-encoded with PIL at quality 90. The same files are written twice: as a TFDS dataset (GeneratorBasedBuilder, the bytes stored unchanged) and as an ImageFolder tree for timm.
+The data is built at run time from the photos that ship with scikit-image (`skimage.data`): random crops, rescales and flips give
+`--n_images` distinct RGB images of ImageNet-like sizes (about 60% at 500 px on the longer side, like ImageNet's typical 500x375 and
+500x333, the rest 300 to 800 px), JPEG-encoded with PIL at quality 90. The same files are written twice: as a TFDS dataset
+(GeneratorBasedBuilder, the bytes stored unchanged) and as an ImageFolder tree for timm.
 
 Timed, in one process, each for `--n_batches` batches after `--warmup_batches` untimed ones, epochs repeating as needed:
-- ours: `big_vision.input_pipeline.make_train_dataset` with the ImageNet train pp string (`decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")`), handed to torch by `iterate_torch`, one variant per `--variants` entry (see VARIANTS);
-- timm: `timm.data.create_dataset('', root=folder)` + `timm.data.create_loader(is_training=True, input_size=(3, 224, 224), use_prefetcher=False, color_jitter=0)`: RandomResizedCrop + flip + ToTensor + normalize, the same work as our pp string (timm's default colour jitter is switched off because our string has none), once per `--timm_workers` entry; the best counts;
-- the decode ceiling: `tf.image.decode_and_crop_jpeg` alone with inception-crop windows sampled beforehand, in a tight eager loop on one thread and in a tf.data map over all cores. No pipeline that decodes these JPEGs can beat the second figure on this machine.
+- ours: `big_vision.input_pipeline.make_train_dataset` with the ImageNet train pp string
+  (`decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")`), handed to torch by `iterate_torch`, one variant
+  per `--variants` entry (see VARIANTS);
+- timm: `timm.data.create_dataset('', root=folder)` +
+  `timm.data.create_loader(is_training=True, input_size=(3, 224, 224), use_prefetcher=False, color_jitter=0)`: RandomResizedCrop + flip +
+  ToTensor + normalize, the same work as our pp string (timm's default colour jitter is switched off because our string has none), once per
+  `--timm_workers` entry; the best counts;
+- the decode ceiling: `tf.image.decode_and_crop_jpeg` alone with inception-crop windows sampled beforehand, in a tight eager loop on one
+  thread and in a tf.data map over all cores. No pipeline that decodes these JPEGs can beat the second figure on this machine.
 
 `--rounds` repeats ours and timm alternately and keeps each one's best, because the machine may be shared.
 
-Usage: python -m tools.bench_input_pipeline [--n_images 768] [--batch_size 64] [--n_batches 60] [--variants default,nondet,...] [--timm_workers 1,2] [--rounds 2]
+Usage: python -m tools.bench_input_pipeline [--n_images 768] [--batch_size 64] [--n_batches 60] [--variants default,nondet,...]
+[--timm_workers 1,2] [--rounds 2]
 """
 
 import argparse
@@ -18,19 +28,15 @@ import gc
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-if __package__ in (None, ""):  # run as `python tools/bench_input_pipeline.py`: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import tensorflow_datasets as tfds
 
-import numpy as np  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-from big_vision.tf_import import tf  # noqa: E402  (torch_xla before TensorFlow)
-from tools import bench_jpegs  # noqa: E402
+from tools import bench_jpegs
+from utils.tf_import import tf  # torch_xla before TensorFlow
 
 log = logging.getLogger("bench")
 
@@ -152,7 +158,12 @@ def get_decode_ceiling(files: list[tuple[str, int]], seconds: float, seed: int) 
     windows = []
     for jpeg in jpegs:
         begin, size, _ = tf.image.sample_distorted_bounding_box(
-            tf.image.extract_jpeg_shape(jpeg), tf.zeros([0, 0, 4]), area_range=(0.05, 1.0), aspect_ratio_range=(0.75, 1.33), min_object_covered=0, use_image_if_no_bounding_boxes=True
+            tf.image.extract_jpeg_shape(jpeg),
+            tf.zeros([0, 0, 4]),
+            area_range=(0.05, 1.0),
+            aspect_ratio_range=(0.75, 1.33),
+            min_object_covered=0,
+            use_image_if_no_bounding_boxes=True,
         )
         windows.append(tf.stack([begin[0], begin[1], size[0], size[1]]))
 
@@ -171,7 +182,9 @@ def get_decode_ceiling(files: list[tuple[str, int]], seconds: float, seed: int) 
         "decode_jpeg (whole image), 1 thread": loop(lambda i: tf.image.decode_jpeg(jpegs[i], channels=3)),
     }
     ds = tf.data.Dataset.from_tensor_slices((tf.stack(jpegs), tf.stack(windows))).repeat()
-    ds = ds.map(lambda jpeg, window: tf.shape(tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).prefetch(64)
+    ds = ds.map(
+        lambda jpeg, window: tf.shape(tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    ).prefetch(64)
     batches = iter(ds)
     for _ in range(200):
         next(batches)
@@ -179,19 +192,111 @@ def get_decode_ceiling(files: list[tuple[str, int]], seconds: float, seed: int) 
     return out
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n_images", type=int, default=768, help="distinct JPEGs to write")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--n_batches", type=int, default=60, help="timed batches per measurement (the same for every loader)")
     parser.add_argument("--warmup_batches", type=int, default=5)
-    parser.add_argument("--variants", default="default", help=f"comma-separated variants of our pipeline, the first one is the headline figure: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="default", help=f"comma-separated variants of our pipeline, the first one is the headline figure: {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--timm_workers", default="1,2", help="comma-separated num_workers to try for timm (its best counts)")
     parser.add_argument("--rounds", type=int, default=2, help="repeat all measurements, keep each one's best")
     parser.add_argument("--ceiling_seconds", type=float, default=5.0)
     parser.add_argument("--no_timm", action="store_true", help="only our variants (for sweeps)")
     parser.add_argument("--work_dir", default=None, help="where the JPEGs and the TFDS dataset go (default: a temp dir, deleted afterwards)")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def prepare_data(folder_dpath: str, data_dpath: str, n_images: int, seed: int) -> tuple[list[tuple[str, int]], tfds.core.DatasetBuilder]:
+    """The JPEG files (written unless `folder_dpath` holds them already) and the TFDS dataset of the same bytes."""
+    start = time.perf_counter()
+    if os.path.isdir(folder_dpath):
+        files = [
+            (os.path.join(folder_dpath, c, f), int(c.split("_")[0]))
+            for c in sorted(os.listdir(folder_dpath))
+            for f in sorted(os.listdir(os.path.join(folder_dpath, c)))
+        ]
+    else:
+        files = bench_jpegs.write_jpegs(folder_dpath, n_images, seed)
+    builder = bench_jpegs.make_tfds(data_dpath, folder_dpath)
+    sizes = np.array([os.path.getsize(f) for f, _ in files])
+    from PIL import Image
+
+    shapes = np.array([Image.open(f).size for f, _ in files[:200]])
+    log.info(
+        "%d JPEGs (%.0f KiB mean, %.1f MiB total; sizes %s..%s, median %s) written and prepared as TFDS in %.1f s",
+        len(files),
+        sizes.mean() / 1024,
+        sizes.sum() / 2**20,
+        shapes.min(0),
+        shapes.max(0),
+        np.median(shapes, 0),
+        time.perf_counter() - start,
+    )
+    file_bytes = {open(fpath, "rb").read() for fpath, _ in files}
+    stored = builder.as_dataset(split="train", shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}).take(8)
+    assert all(ex["image"] in file_bytes for ex in tfds.as_numpy(stored)), "TFDS must store the JPEG bytes unchanged"
+    return files, builder
+
+
+def measure_rounds(
+    args: argparse.Namespace, builder: tfds.core.DatasetBuilder, folder_dpath: str, variants: list[str], timm_workers: list[int]
+) -> dict[str, list[Measurement]]:
+    """Ours (each variant) and timm (each worker count) in turns, `args.rounds` times; every measurement of each."""
+    results: dict[str, list[Measurement]] = {}
+    for r in range(args.rounds):
+        for variant in variants:
+            m = measure(make_ours(builder, args.batch_size, variant), args.n_batches, args.warmup_batches)
+            log.info("round %d  ours %-14s %7.1f images/s  %.2f CPU ms/image", r, variant, m.images_per_s, m.cpu_ms_per_image)
+            results.setdefault(f"ours {variant}", []).append(m)
+        for workers in timm_workers:
+            m = measure(make_timm(folder_dpath, args.batch_size, workers), args.n_batches, args.warmup_batches)
+            log.info("round %d  timm workers=%d   %7.1f images/s  %.2f CPU ms/image", r, workers, m.images_per_s, m.cpu_ms_per_image)
+            results.setdefault(f"timm workers={workers}", []).append(m)
+    return results
+
+
+def print_report(args: argparse.Namespace, n_files: int, best: dict[str, Measurement], ceiling: dict[str, Measurement], ours_name: str) -> None:
+    print(
+        f"\n{n_files} JPEGs, batch {args.batch_size}, {args.n_batches * args.batch_size} timed images per measurement "
+        f"after {args.warmup_batches} warm-up batches, "
+        f"best of {args.rounds} rounds, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"  {'':<42} {'images/s':>9} {'CPU ms/image':>13}")
+    for k, m in [*best.items(), *ceiling.items()]:
+        print(f"  {k:<42} {m.images_per_s:9.1f} {m.cpu_ms_per_image:13.2f}")
+    # Our default settings are what a run gets: compare those with timm's best; the other variants are for tuning.
+    ours = best[ours_name]
+    timm_names = [k for k in best if k.startswith("timm")]
+    if timm_names:
+        timm_name = max(timm_names, key=lambda k: best[k].images_per_s)
+        timm = best[timm_name]
+        for name in (k for k in best if k.startswith("ours")):
+            m = best[name]
+            print(
+                f"{name}: {m.images_per_s:.1f} images/s vs {timm_name}: {timm.images_per_s:.1f} images/s: ratio {m.images_per_s / timm.images_per_s:.2f}x "
+                f"(CPU per image {timm.cpu_ms_per_image / m.cpu_ms_per_image:.2f}x less)"
+            )
+    limit, decode_1thread = ceiling["decode_and_crop_jpeg, tf.data all cores"], ceiling["decode_and_crop_jpeg, 1 thread"]
+    print(
+        f"{ours_name} runs at {100 * ours.images_per_s / limit.images_per_s:.0f}% of the measured decode_and_crop_jpeg ceiling "
+        f"({limit.images_per_s:.1f} images/s)"
+    )
+    # CPU time per image does not depend on what else runs on the machine; on idle CPUs the rate is about n_cpus / (CPU time per image).
+    n_cpus = os.cpu_count()
+    print(
+        f"on {n_cpus} idle CPUs (from CPU time per image): ours about {n_cpus * 1e3 / ours.cpu_ms_per_image:.0f} images/s, "
+        f"decode_and_crop_jpeg alone about {n_cpus * 1e3 / decode_1thread.cpu_ms_per_image:.0f};"
+        f" decoding is {100 * decode_1thread.cpu_ms_per_image / ours.cpu_ms_per_image:.0f}% of our CPU time"
+        " (the rest: resize to 224, flip, value_range, batching)"
+    )
+
+
+def main() -> None:
+    parser = get_args_parser()
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)  # TF/absl may have configured the root logger already
     log.setLevel(logging.INFO)
@@ -204,71 +309,21 @@ def main() -> None:
     work_dpath = args.work_dir or tempfile.mkdtemp(prefix="bench_input_pipeline_")
     folder_dpath, data_dpath = os.path.join(work_dpath, "imagefolder"), os.path.join(work_dpath, "tfds")
     try:
-        start = time.perf_counter()
-        if os.path.isdir(folder_dpath):
-            files = [(os.path.join(folder_dpath, c, f), int(c.split("_")[0])) for c in sorted(os.listdir(folder_dpath)) for f in sorted(os.listdir(os.path.join(folder_dpath, c)))]
-        else:
-            files = bench_jpegs.write_jpegs(folder_dpath, args.n_images, args.seed)
-        builder = bench_jpegs.make_tfds(data_dpath, folder_dpath)
-        sizes = np.array([os.path.getsize(f) for f, _ in files])
-        from PIL import Image
-
-        shapes = np.array([Image.open(f).size for f, _ in files[:200]])
-        log.info(
-            "%d JPEGs (%.0f KiB mean, %.1f MiB total; sizes %s..%s, median %s) written and prepared as TFDS in %.1f s",
-            len(files),
-            sizes.mean() / 1024,
-            sizes.sum() / 2**20,
-            shapes.min(0),
-            shapes.max(0),
-            np.median(shapes, 0),
-            time.perf_counter() - start,
-        )
-        file_bytes = {open(fpath, "rb").read() for fpath, _ in files}
-        stored = builder.as_dataset(split="train", shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}).take(8)
-        assert all(ex["image"] in file_bytes for ex in tfds.as_numpy(stored)), "TFDS must store the JPEG bytes unchanged"
-
+        files, builder = prepare_data(folder_dpath, data_dpath, args.n_images, args.seed)
         n_per_epoch = len(files) // args.batch_size
-        log.info("batch %d, %d batches per epoch, %d timed batches after %d warm-up, %d CPUs", args.batch_size, n_per_epoch, args.n_batches, args.warmup_batches, os.cpu_count())
-        results: dict[str, list[Measurement]] = {}
-        for r in range(args.rounds):
-            for variant in variants:
-                m = measure(make_ours(builder, args.batch_size, variant), args.n_batches, args.warmup_batches)
-                log.info("round %d  ours %-14s %7.1f images/s  %.2f CPU ms/image", r, variant, m.images_per_s, m.cpu_ms_per_image)
-                results.setdefault(f"ours {variant}", []).append(m)
-            for workers in timm_workers:
-                m = measure(make_timm(folder_dpath, args.batch_size, workers), args.n_batches, args.warmup_batches)
-                log.info("round %d  timm workers=%d   %7.1f images/s  %.2f CPU ms/image", r, workers, m.images_per_s, m.cpu_ms_per_image)
-                results.setdefault(f"timm workers={workers}", []).append(m)
+        log.info(
+            "batch %d, %d batches per epoch, %d timed batches after %d warm-up, %d CPUs",
+            args.batch_size,
+            n_per_epoch,
+            args.n_batches,
+            args.warmup_batches,
+            os.cpu_count(),
+        )
+        results = measure_rounds(args, builder, folder_dpath, variants, timm_workers)
         ceiling = get_decode_ceiling(files, args.ceiling_seconds, args.seed)
-
         # Best wall rate and lowest CPU cost over the rounds, each on its own: other jobs on the machine only ever slow a measurement down.
         best = {k: Measurement(max(m.images_per_s for m in ms), min(m.cpu_ms_per_image for m in ms), ms[0].n_images) for k, ms in results.items()}
-        print(
-            f"\n{len(files)} JPEGs, batch {args.batch_size}, {args.n_batches * args.batch_size} timed images per measurement after {args.warmup_batches} warm-up batches, best of {args.rounds} rounds, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
-        )
-        print(f"  {'':<42} {'images/s':>9} {'CPU ms/image':>13}")
-        for k, m in [*best.items(), *ceiling.items()]:
-            print(f"  {k:<42} {m.images_per_s:9.1f} {m.cpu_ms_per_image:13.2f}")
-        # Our default settings are what a run gets: compare those with timm's best; the other variants are for tuning.
-        ours_name = f"ours {variants[0]}"
-        ours = best[ours_name]
-        if timm_workers:
-            timm_name = max((k for k in best if k.startswith("timm")), key=lambda k: best[k].images_per_s)
-            timm = best[timm_name]
-            for name in (k for k in best if k.startswith("ours")):
-                m = best[name]
-                print(
-                    f"{name}: {m.images_per_s:.1f} images/s vs {timm_name}: {timm.images_per_s:.1f} images/s: ratio {m.images_per_s / timm.images_per_s:.2f}x (CPU per image {timm.cpu_ms_per_image / m.cpu_ms_per_image:.2f}x less)"
-                )
-        limit, decode_1thread = ceiling["decode_and_crop_jpeg, tf.data all cores"], ceiling["decode_and_crop_jpeg, 1 thread"]
-        print(f"{ours_name} runs at {100 * ours.images_per_s / limit.images_per_s:.0f}% of the measured decode_and_crop_jpeg ceiling ({limit.images_per_s:.1f} images/s)")
-        # CPU time per image does not depend on what else runs on the machine; on idle CPUs the rate is about n_cpus / (CPU time per image).
-        n_cpus = os.cpu_count()
-        print(
-            f"on {n_cpus} idle CPUs (from CPU time per image): ours about {n_cpus * 1e3 / ours.cpu_ms_per_image:.0f} images/s, decode_and_crop_jpeg alone about {n_cpus * 1e3 / decode_1thread.cpu_ms_per_image:.0f};"
-            f" decoding is {100 * decode_1thread.cpu_ms_per_image / ours.cpu_ms_per_image:.0f}% of our CPU time (the rest: resize to 224, flip, value_range, batching)"
-        )
+        print_report(args, len(files), best, ceiling, f"ours {variants[0]}")
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dpath, ignore_errors=True)

@@ -1,6 +1,8 @@
 """ImageNet-like JPEG files built from the photos that ship with scikit-image, as an ImageFolder tree and as a TFDS dataset.
 
-Random crops, rescales and flips of the `skimage.data` photos give any number of distinct RGB images: about 60% at 500 px on the longer side (ImageNet's typical 500x375 and 500x333), the rest 300 to 800 px; JPEG quality 90 (PIL, 4:2:0). The TFDS builder stores the file bytes unchanged, so both loaders decode the same JPEGs. It lives in its own module because TFDS builders cannot be defined in `__main__`.
+Random crops, rescales and flips of the `skimage.data` photos give any number of distinct RGB images: about 60% at 500 px on the longer side
+(ImageNet's typical 500x375 and 500x333), the rest 300 to 800 px; JPEG quality 90 (PIL, 4:2:0). The TFDS builder stores the file bytes
+unchanged, so both loaders decode the same JPEGs. It lives in its own module because TFDS builders cannot be defined in `__main__`.
 """
 
 import os
@@ -9,9 +11,26 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from big_vision.tf_import import tf  # noqa: F401  (torch_xla before TensorFlow)
+from utils.tf_import import tf  # noqa: F401  (torch_xla before TensorFlow)
 
-PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel", "camera", "brick", "grass", "gravel", "coins", "moon", "horse")
+PHOTO_NAMES = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "cat",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "camera",
+    "brick",
+    "grass",
+    "gravel",
+    "coins",
+    "moon",
+    "horse",
+)
 
 
 def _load_photos() -> list[tuple[str, np.ndarray]]:
@@ -41,7 +60,8 @@ def write_jpegs(folder_dpath: str, n_images: int, seed: int) -> list[tuple[str, 
         name, src = photos[label]
         h, w = src.shape[:2]
         area = rng.uniform(0.35, 1.0) * h * w
-        aspect = rng.choice([4 / 3, 3 / 2, 1.0, 3 / 4, 2 / 3], p=[0.45, 0.2, 0.1, 0.15, 0.1]) * rng.uniform(0.95, 1.05)  # w / h, mostly landscape as in ImageNet
+        # w / h, mostly landscape as in ImageNet
+        aspect = rng.choice([4 / 3, 3 / 2, 1.0, 3 / 4, 2 / 3], p=[0.45, 0.2, 0.1, 0.15, 0.1]) * rng.uniform(0.95, 1.05)
         ch, cw = min(h, int(round(np.sqrt(area / aspect)))), min(w, int(round(np.sqrt(area * aspect))))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         crop = src[y : y + ch, x : x + cw]
@@ -66,7 +86,9 @@ class BenchJpegs(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"), "label": tfds.features.ClassLabel(names=PHOTO_NAMES)}),
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"), "label": tfds.features.ClassLabel(names=PHOTO_NAMES)}
+            ),
             supervised_keys=("image", "label"),
         )
 

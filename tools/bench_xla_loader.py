@@ -5,19 +5,14 @@
 Both modes run the same compiled train step on the embedded digits data, in one process, after a warm-up epoch:
 - sync: each host batch is copied to the device in the training thread (`tensor.to(device)`), then the step runs;
 - overlap: `MpDeviceLoader` copies the next batches on a background thread while the device computes.
-Printed per mode: wall time per step, the part of it the host spent waiting for the next device batch, and the ratio. Then a 3-epoch run through main.py reports XLA graphs compiled after epoch 1 and after epoch 3 (0 new is the goal).
+Printed per mode: wall time per step, the part of it the host spent waiting for the next device batch, and the ratio. Then a 3-epoch run
+through main.py reports XLA graphs compiled after epoch 1 and after epoch 3 (0 new is the goal).
 """
 
 import argparse
 import os
 import re
-import sys
 import time
-
-os.environ.setdefault("PJRT_DEVICE", "CPU")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.device import make_runtime  # noqa: E402  (torch_xla before TensorFlow)
 
 
 def time_epochs(runtime, data, step_fn, overlap: bool, n_epochs: int) -> tuple[float, float]:
@@ -46,14 +41,21 @@ def time_epochs(runtime, data, step_fn, overlap: bool, n_epochs: int) -> tuple[f
     return wall / n, wait / n
 
 
-def main() -> None:
+def get_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--data_dir", default=None)
-    cli = p.parse_args()
+    return p.parse_args()
 
+
+def get_data_flags(cli: argparse.Namespace) -> list[str]:
+    return ["--tfds_data_dir", cli.data_dir] if cli.data_dir else []
+
+
+def bench_overlap(cli: argparse.Namespace, runtime) -> None:
+    """Time the same compiled train step with synchronous copies and with MpDeviceLoader overlap; print both."""
     import torch
 
     import datasets
@@ -63,9 +65,8 @@ def main() -> None:
     from optim_factory import make_optimizer
     from tasks.classification import ClassificationTask
 
-    runtime = make_runtime("xla")
-    args = main_mod.parse_args(["--model", cli.model, "--batch_size", str(cli.batch_size), "--device", "xla", "--parallel", "none"] + (["--tfds_data_dir", cli.data_dir] if cli.data_dir else []))
-    data = datasets.build_data(args)
+    args = main_mod.parse_settings(["--model", cli.model, "--batch_size", str(cli.batch_size), "--device", "xla", "--parallel", "none"] + get_data_flags(cli))
+    data = datasets.build_data(args.data)
     torch.manual_seed(0)
     model = models.create_model(cli.model, num_classes=10).to(runtime.device)
     optimizer = make_optimizer(model, "adamw", 1e-3, 0.05)
@@ -82,9 +83,13 @@ def main() -> None:
         print(f"{mode:8s} host time per step {per_step * 1e3:7.1f} ms  (waiting for input {wait * 1e3:6.1f} ms)")
     print(f"overlap speed-up: {results['sync'][0] / results['overlap'][0]:.2f}x per step")
 
-    # Compiles over a 3-epoch run with eval every epoch (eval split 360 does not divide the batch).
+
+def count_compiles(cli: argparse.Namespace, runtime) -> None:
+    """Compiles over a 3-epoch run with eval every epoch (eval split 360 does not divide the batch)."""
     import io
     import logging
+
+    import main as main_mod
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -92,7 +97,7 @@ def main() -> None:
     logging.getLogger("train").setLevel(logging.INFO)
     out_dpath = os.path.join("/tmp", f"bench_xla_loader_{os.getpid()}")
     main_mod.run(
-        main_mod.parse_args(
+        main_mod.parse_settings(
             [
                 "--device",
                 "xla",
@@ -111,12 +116,22 @@ def main() -> None:
                 "--log_every",
                 "1000",
             ]
-            + (["--tfds_data_dir", cli.data_dir] if cli.data_dir else [])
+            + get_data_flags(cli)
         ),
         runtime,
     )
     counts = [int(m.group(1)) for m in re.finditer(r"xla: (\d+) graphs compiled so far", stream.getvalue())]
     print(f"compiles after epoch 1: {counts[0]}, after epoch 3: {counts[-1]} ({counts[-1] - counts[0]} new after warm-up)")
+
+
+def main() -> None:
+    cli = get_args()
+    os.environ.setdefault("PJRT_DEVICE", "CPU")  # before torch_xla is imported
+    from utils.device import make_runtime  # torch_xla before TensorFlow
+
+    runtime = make_runtime("xla")
+    bench_overlap(cli, runtime)
+    count_compiles(cli, runtime)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Digits KD experiment: train the teacher, then the student with and without soft KD over several seeds; print student top-1 both ways.
 
-    python tools/run_kd_experiment.py [--teacher_path output/kd_teacher/checkpoint-XXXX.pt] [--seeds 0 1 2] [any main.py flags, e.g. --tfds_data_dir DIR]
+    python -m tools.run_kd_experiment [--teacher_path output/kd_teacher/checkpoint-XXXX.pt] [--seeds 0 1 2] [any main.py flags, e.g. --tfds_data_dir DIR]
 
 Recipes: train/recipes/kd_digits_teacher.yaml, kd_digits_student_baseline.yaml and kd_digits_student.yaml (the same student
 recipe plus the KD flags). Every run is a fresh `python main.py` process; unknown flags go to all of them. Each run writes
@@ -16,11 +16,9 @@ import subprocess
 import sys
 import time
 
+from utils import checkpoint as ckpt
+
 REPO_DPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_DPATH)
-
-from utils import checkpoint as ckpt  # noqa: E402
-
 RECIPES_DPATH = os.path.join(REPO_DPATH, "train", "recipes")
 TEACHER_RECIPE = os.path.join(RECIPES_DPATH, "kd_digits_teacher.yaml")
 BASELINE_RECIPE = os.path.join(RECIPES_DPATH, "kd_digits_student_baseline.yaml")

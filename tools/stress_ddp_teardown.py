@@ -1,6 +1,9 @@
-"""`python -m tools.stress_ddp_teardown --runs 30`: run the 2-process torchrun DDP (gloo) worker of tests/ddp_worker.py again and again and count the runs that hang at exit.
+"""`python -m tools.stress_ddp_teardown --runs 30`: run the 2-process torchrun DDP (gloo) worker of tests/ddp_worker.py again and again and
+count the runs that hang at exit.
 
-Each run is `python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT` in a session of its own (tests/proc.py); a run that passes `--timeout_s` is a hang, and it and every worker it started are killed. Prints one line per run and the totals; exits 1 if any run hung or failed.
+Each run is `python -m torch.distributed.run --standalone --nproc_per_node=2 -m tests.ddp_worker OUT` in a session of its own
+(tests/proc.py); a run that passes `--timeout_s` is a hang, and it and every worker it started are killed. Prints one line per run and the
+totals; exits 1 if any run hung or failed.
 """
 
 import argparse
@@ -10,14 +13,13 @@ import sys
 import tempfile
 import time
 
-REPO_DPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_DPATH)
+from tests import proc
 
-from tests import proc  # noqa: E402
+REPO_DPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=30, help="number of torchrun launches")
     p.add_argument("--timeout_s", type=float, default=60.0, help="a run still going after this many seconds is a hang")
     p.add_argument("--nproc", type=int, default=2, help="processes per launch")
@@ -33,7 +35,7 @@ def get_report(stdout: str | None, stderr: str | None) -> str:
 
 def run_once(out_fpath: str, nproc: int, timeout_s: float) -> tuple[str, float, str]:
     """One launch: ("ok" | "hang" | "fail", seconds, what it printed that explains a hang or failure)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "tests/ddp_worker.py", out_fpath]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "tests.ddp_worker", out_fpath]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PJRT_DEVICE": "CPU"}
     t0 = time.monotonic()
     try:

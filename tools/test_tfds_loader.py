@@ -1,15 +1,22 @@
 """Look at what the model sees: preprocessed TFDS examples, their value ranges, the input rate, and a picture grid.
 
 Usage:
-  python tools/test_tfds_loader.py [--data-dir DIR] [--dataset NAME] [--split train] [--num-samples 8] [--pp 'PP STRING'] [--batch-size 64] [--time-it --seconds 10] [--save-grid out.png]
+  python -m tools.test_tfds_loader [--data-dir DIR] [--dataset NAME] [--split train] [--num-samples 8] [--pp 'PP STRING'] \\
+      [--batch-size 64] [--time-it --seconds 10] [--save-grid out.png]
 
-The examples come from the train pipeline that training uses (`big_vision.input_pipeline.make_train_dataset`: shuffled with `--seed`, preprocessed with the pp string). The default dataset is the embedded `sklearn_digits`, prepared into `--data-dir` on first use; its pp string defaults to the one training uses, and any other dataset defaults to the ImageNet train pp string.
+The examples come from the train pipeline that training uses (`big_vision.input_pipeline.make_train_dataset`: shuffled with `--seed`,
+preprocessed with the pp string). The default dataset is the embedded `sklearn_digits`, prepared into `--data-dir` on first use; its pp
+string defaults to the one training uses, and any other dataset defaults to the ImageNet train pp string.
 
-`--time-it` runs the same pipeline with `--batch-size` through `iterate_torch` (the torch hand-off included) for a warm-up of `--warmup-seconds`, then counts images over a window of `--seconds`.
+`--time-it` runs the same pipeline with `--batch-size` through `iterate_torch` (the torch hand-off included) for a warm-up of
+`--warmup-seconds`, then counts images over a window of `--seconds`.
 
-`--save-grid` writes a PNG: one tile per sample, `--grid-cols` per row, each image scaled up by an integer factor to at least 96 px on its longer side (nearest neighbour, so pixels stay visible), with its label under it. Float images are mapped back to 0..255: [-1, 1] and [0, 1] ranges exactly, any other range by the batch's min and max.
+`--save-grid` writes a PNG: one tile per sample, `--grid-cols` per row, each image scaled up by an integer factor to at least 96 px on its
+longer side (nearest neighbour, so pixels stay visible), with its label under it. Float images are mapped back to 0..255: [-1, 1] and [0, 1]
+ranges exactly, any other range by the batch's min and max.
 
-Errors in the inputs (missing data dir, unknown dataset, bad split, unknown pp op or bad op argument, a pp string that fails on the data) print one line and exit with status 2.
+Errors in the inputs (missing data dir, unknown dataset, bad split, unknown pp op or bad op argument, a pp string that fails on the data)
+print one line and exit with status 2.
 """
 
 import argparse
@@ -19,12 +26,9 @@ import re
 import sys
 import time
 
-if __package__ in (None, ""):  # run as `python tools/test_tfds_loader.py`: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import datasets  # noqa: E402
+import datasets
 
 MIN_TILE_PX = 96
 CAPTION_PX = 14
@@ -32,7 +36,7 @@ PAD_PX = 4
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("test_tfds_loader.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser("python -m tools.test_tfds_loader", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="prepared TFDS data dir, local or gs:// (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--dataset", default=datasets.DIGITS_NAME, help=f"TFDS name (default: the embedded {datasets.DIGITS_NAME}, prepared on first use)")
     p.add_argument("--split", default="train", help="TFDS split, slices allowed: train[:1%%]")
@@ -148,14 +152,16 @@ def get_images_per_s(make_ds, batch_size: int, seconds: float, warmup_seconds: f
 
 def run(args: argparse.Namespace) -> None:
     from big_vision import input_pipeline as ip
-    from big_vision.tf_import import tf
+    from utils.tf_import import tf
 
     data_dpath = args.data_dir or datasets.get_default_data_dir()
     if args.dataset == datasets.DIGITS_NAME:
         os.makedirs(data_dpath, exist_ok=True)
         datasets.prepare_digits(data_dpath)
     elif not tf.io.gfile.exists(data_dpath):
-        raise FileNotFoundError(f"--data-dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)")
+        raise FileNotFoundError(
+            f"--data-dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)"
+        )
     builder = ip.make_builder(args.dataset, data_dpath)
     split = ip.get_split(builder, args.split)
     pp_str = args.pp if args.pp is not None else get_default_pp(args.dataset)
@@ -185,7 +191,10 @@ def run(args: argparse.Namespace) -> None:
         if args.batch_size > n_examples:
             raise ValueError(f"--batch-size {args.batch_size} is more than the {n_examples} examples in split {split!r}")
         rate, n_images = get_images_per_s(lambda epoch: make_ds(args.batch_size, epoch), args.batch_size, args.seconds, args.warmup_seconds)
-        print(f"input rate: {rate:.1f} images/s ({n_images} images in a {args.seconds:g} s window after {args.warmup_seconds:g} s warm-up, batch {args.batch_size}, {os.cpu_count()} CPUs)")
+        print(
+            f"input rate: {rate:.1f} images/s ({n_images} images in a {args.seconds:g} s window after {args.warmup_seconds:g} s warm-up, "
+            f"batch {args.batch_size}, {os.cpu_count()} CPUs)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) <= 0:
             print(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}", file=sys.stderr)
             return 2
-    from big_vision.tf_import import tf  # torch_xla before TensorFlow
+    from utils.tf_import import tf  # torch_xla before TensorFlow
 
     try:
         run(args)

@@ -1,11 +1,18 @@
 """Run one command on every worker of a TPU VM (pod slice) through `gcloud ... ssh --worker=all`.
 
-Why this exists: `python -m torch_xla.distributed.xla_dist` was removed together with XRT in torch_xla 2.1, but its command shape (`--tpu NAME -- python main.py ...`) is what many people know. With PJRT a launcher no longer has to hand out ranks or a master address: the runtime discovers topology, ranks and the coordinator by itself as long as the same command starts on every worker. So all that is left is `gcloud compute tpus tpu-vm ssh NAME --worker=all --command=...` with the working directory, environment and quoting done right, which is what this module builds.
+Why this exists: `python -m torch_xla.distributed.xla_dist` was removed together with XRT in torch_xla 2.1, but its command shape
+(`--tpu NAME -- python main.py ...`) is what many people know. With PJRT a launcher no longer has to hand out ranks or a master address: the
+runtime discovers topology, ranks and the coordinator by itself as long as the same command starts on every worker. So all that is left is
+`gcloud compute tpus tpu-vm ssh NAME --worker=all --command=...` with the working directory, environment and quoting done right, which is
+what this module builds.
 
 Example:
-    python -m train.xla_dist --tpu my-v4-32 --zone us-central2-b --workdir tpu-train --env XLA_FLAGS=--xla_dump_to=/tmp/dump -- .venv/bin/python main.py --config train/recipes/x.yaml
+    python -m train.xla_dist --tpu my-v4-32 --zone us-central2-b --workdir tpu-train --env XLA_FLAGS=--xla_dump_to=/tmp/dump \\
+        -- .venv/bin/python main.py --config train/recipes/x.yaml
 
-The remote command is `cd WORKDIR && K=V ... PJRT_DEVICE=TPU <command>`, every piece shell-quoted, so an argument with spaces or `$` reaches main.py unchanged. `PJRT_DEVICE=TPU` is added unless `--env PJRT_DEVICE=...` overrides it. A relative WORKDIR is relative to the remote home directory.
+The remote command is `cd WORKDIR && K=V ... PJRT_DEVICE=TPU <command>`, every piece shell-quoted, so an argument with spaces or `$` reaches
+main.py unchanged. `PJRT_DEVICE=TPU` is added unless `--env PJRT_DEVICE=...` overrides it. A relative WORKDIR is relative to the remote home
+directory.
 """
 
 import argparse
@@ -32,7 +39,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.xla_dist",
         usage="%(prog)s --tpu NAME [--zone Z] [--project P] [--env K=V ...] [--workdir DIR] [--dry-run] -- COMMAND ...",
-        description="Run COMMAND on every worker of a TPU VM via `gcloud compute tpus tpu-vm ssh --worker=all` (replacement for the removed torch_xla.distributed.xla_dist).",
+        description=(
+            "Run COMMAND on every worker of a TPU VM via `gcloud compute tpus tpu-vm ssh --worker=all`"
+            " (replacement for the removed torch_xla.distributed.xla_dist)."
+        ),
     )
     parser.add_argument(
         "--tpu",
@@ -127,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if shutil.which("gcloud") is None:
         print(
-            "error: `gcloud` not found on PATH; install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install), run `gcloud auth login`, or use --dry-run to print the command",
+            "error: `gcloud` not found on PATH; install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install),"
+            " run `gcloud auth login`, or use --dry-run to print the command",
             file=sys.stderr,
         )
         return 127

@@ -45,7 +45,12 @@ def get_rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -154,8 +159,7 @@ def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
     if not resume:
         return None
     if resume != "auto":
-        if not fs.isfile(resume):
-            raise FileNotFoundError(RESUME_MISSING.format(resume=resume))
+        check_resume_path(resume)
         return resume, load_file(resume, what="--resume")
     found = list_checkpoints(output_dpath)
     bad = []
@@ -163,19 +167,26 @@ def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
         try:
             state = load_file(fpath)
         except Exception as e:  # a truncated or corrupt file: say which, loudly, then fall back to the previous one
-            log.warning("--resume auto: checkpoint %s (step %d) does not load (%s: %s); skipping it and trying the previous one", fpath, step, type(e).__name__, e)
+            log.warning(
+                "--resume auto: checkpoint %s (step %d) does not load (%s: %s); skipping it and trying the previous one", fpath, step, type(e).__name__, e
+            )
             bad.append(os.path.basename(fpath))
             continue
         if bad:
             log.warning("--resume auto: resuming from %s (step %d), not from the newer unreadable %s", fpath, step, ", ".join(bad))
         return fpath, state
     if bad:
-        raise ValueError(f"--resume auto: none of the {len(bad)} checkpoint(s) in {output_dpath} loads ({', '.join(bad)}); delete them to start over, or pass --resume PATH to a good copy")
+        raise ValueError(
+            f"--resume auto: none of the {len(bad)} checkpoint(s) in {output_dpath} loads ({', '.join(bad)}); delete them to start over, or pass --resume PATH to a good copy"
+        )
     log.info("--resume auto: no checkpoint in %s, starting from scratch", output_dpath)
     return None
 
 
-RESUME_MISSING = "--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir"
+def check_resume_path(resume: str) -> None:
+    """`--resume PATH` names a file (`auto` and empty need none)."""
+    if resume and resume != "auto" and not fs.isfile(resume):
+        raise FileNotFoundError(f"--resume {resume!r} does not exist; pass a checkpoint-*.pt file or --resume auto to take the newest in --output_dir")
 
 
 def check_writable_dir(dpath: str, what: str = "--output_dir") -> None:
@@ -197,8 +208,7 @@ def check_writable_dir(dpath: str, what: str = "--output_dir") -> None:
 
 def check_output_dir(resume: str, output_dpath: str) -> None:
     """Refuse to mix two runs' checkpoints in one dir: keep-last-K and `--resume auto` go by step number and would pick the wrong run's files."""
-    if resume and resume != "auto" and not fs.isfile(resume):
-        raise FileNotFoundError(RESUME_MISSING.format(resume=resume))
+    check_resume_path(resume)
     if not output_dpath:
         return
     check_writable_dir(output_dpath)
@@ -207,7 +217,9 @@ def check_output_dir(resume: str, output_dpath: str) -> None:
         return
     newest = os.path.basename(found[0][1])
     if not resume:
-        raise ValueError(f"--output_dir {output_dpath!r} already holds checkpoints (newest {newest}) of an earlier run; add --resume auto to continue it, or pick a new --output_dir to start over")
+        raise ValueError(
+            f"--output_dir {output_dpath!r} already holds checkpoints (newest {newest}) of an earlier run; add --resume auto to continue it, or pick a new --output_dir to start over"
+        )
     step = get_checkpoint_step(resume) if resume != "auto" else None
     newer = [os.path.basename(f) for s, f in found if step is not None and s > step]
     if newer:

@@ -10,17 +10,19 @@ import gc
 import itertools
 import logging
 import os
+import pickle
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from utils import import_order
+from utils import import_order, settings
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "xla")
+PRECISIONS = ("fp32", "bf16")
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -114,6 +116,14 @@ class Runtime:
         torch.distributed.all_reduce(t)
         return t
 
+    def gather_objects(self, items: list) -> list:
+        """Every process's `items` (picklable host objects), concatenated in process order, on every process: a collective, like `reduce_sum`."""
+        if self.world_size == 1:
+            return list(items)
+        gathered: list = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, list(items))
+        return [item for part in gathered for item in part]
+
     def any_process(self, flag: bool) -> bool:
         """True on every process if `flag` is True on any of them: a collective, so every process calls it at the same step."""
         if self.world_size == 1:
@@ -159,7 +169,9 @@ class XlaRuntime(Runtime):
             path = cache_dpath if parallel != "pjrt" else os.path.join(cache_dpath, f"proc{xr.global_ordinal()}")
             xr.initialize_cache(path, readonly=False)
         world = xr.world_size()
-        super().__init__(kind="xla", device=torch_xla.device(), rank=xr.global_ordinal(), world_size=world, precision=precision, parallel=parallel, n_devices=world)
+        super().__init__(
+            kind="xla", device=torch_xla.device(), rank=xr.global_ordinal(), world_size=world, precision=precision, parallel=parallel, n_devices=world
+        )
 
     def device_loader(self, batches):
         import torch_xla.distributed.parallel_loader as pl
@@ -190,6 +202,13 @@ class XlaRuntime(Runtime):
         if self.world_size == 1:
             return t
         return self._xm.all_reduce(self._xm.REDUCE_SUM, t)
+
+    def gather_objects(self, items):
+        if self.world_size == 1:
+            return list(items)
+        # PJRT multi-process: the rendezvous hands every process the payload of every other one (an all-gather of bytes).
+        payloads = self._xm.rendezvous("gather_objects", pickle.dumps(list(items)))
+        return [item for payload in payloads for item in pickle.loads(payload)]
 
     def get_rng_state(self):
         return {"xla": int(self._xm.get_rng_state(self.device))}
@@ -261,6 +280,9 @@ class SpmdRuntime(XlaRuntime):
 
     def reduce_sum(self, t):
         return t  # one global program: device values are already totals over every host
+
+    def gather_objects(self, items):
+        return list(items)  # one global program: every host reads the global (all-host) batch and outputs, so its records already cover every host
 
     def any_process(self, flag):
         if self.world_size == 1:
@@ -339,19 +361,61 @@ def resolve_parallel(parallel: str, kind: str) -> str:
     return parallel
 
 
+def _torch_runtime(kind: str, precision: str, parallel: str, cache_dpath: str | None) -> Runtime:
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
+    device_t = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if kind == "cuda" else torch.device("cpu")
+    return Runtime(kind=kind, device=device_t, precision=precision)
+
+
+def _ddp_runtime(kind: str, precision: str, parallel: str, cache_dpath: str | None) -> Runtime:
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
+    return DdpRuntime(kind, precision=precision)
+
+
+def _xla_runtime(kind: str, precision: str, parallel: str, cache_dpath: str | None) -> Runtime:
+    return XlaRuntime(precision=precision, cache_dpath=cache_dpath, parallel=parallel)
+
+
+def _spmd_runtime(kind: str, precision: str, parallel: str, cache_dpath: str | None) -> Runtime:
+    return SpmdRuntime(precision=precision, cache_dpath=cache_dpath, parallel=parallel)
+
+
+# (device family, resolved --parallel) -> the runtime; `resolve_parallel` only lets through the pairs listed here.
+RUNTIMES: dict[tuple[str, str], Callable[[str, str, str, str | None], Runtime]] = {
+    ("torch", "none"): _torch_runtime,
+    ("torch", "ddp"): _ddp_runtime,
+    ("xla", "none"): _xla_runtime,
+    ("xla", "pjrt"): _xla_runtime,
+    ("xla", "spmd"): _spmd_runtime,
+    ("xla", "fsdp"): _spmd_runtime,
+}
+
+
 def make_runtime(device: str = "auto", precision: str = "fp32", parallel: str = "none", xla_cache_dir: str | None = None) -> Runtime:
     """Pick the runtime for this process from `--device`, `--parallel` and `--precision`."""
     kind = resolve_device(device)
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"--precision {precision!r} is not one of fp32, bf16")
+    settings.check_choice("precision", precision, PRECISIONS)
     parallel = resolve_parallel(parallel, kind)
-    if kind == "xla":
-        if parallel in ("spmd", "fsdp"):
-            return SpmdRuntime(precision=precision, cache_dpath=xla_cache_dir, parallel=parallel)
-        return XlaRuntime(precision=precision, cache_dpath=xla_cache_dir, parallel=parallel)
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
-    if parallel == "ddp":
-        return DdpRuntime(kind, precision=precision)
-    device_t = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if kind == "cuda" else torch.device("cpu")
-    return Runtime(kind=kind, device=device_t, precision=precision)
+    return RUNTIMES["xla" if kind == "xla" else "torch", parallel](kind, precision, parallel, xla_cache_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """The `runtime` flags: which device, which kind of parallelism, precision and the XLA compile cache."""
+
+    device: str = settings.setting("auto", choices=DEVICES)
+    parallel: str = settings.setting("auto", choices=PARALLEL)
+    fsdp: bool = False  # shorthand for parallel "fsdp"
+    xla_cache_dir: str | None = None
+    precision: str = settings.setting("fp32", choices=PRECISIONS)
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        if self.fsdp:
+            object.__setattr__(self, "parallel", "fsdp")
+
+    def make_runtime(self, parallel: str | None = None) -> Runtime:
+        """This process's runtime (`parallel` overrides, as a PJRT worker passes "pjrt")."""
+        return make_runtime(self.device, self.precision, parallel or self.parallel, self.xla_cache_dir)

@@ -10,9 +10,32 @@ the model's dtype (fp32 here: params stay fp32 under bf16 autocast).
 """
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
+
+from utils import settings
+
+
+def check_decay(decay: float) -> None:
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"--model_ema_decay must be in (0, 1), got {decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmaConfig:
+    """`--model_ema` (keep an EMA of the weights), its decay per step, and whether eval also runs on the EMA weights."""
+
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    model_ema_eval: bool = False
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        check_decay(self.model_ema_decay)
+        if self.model_ema_eval and not self.model_ema:
+            raise ValueError("--model_ema_eval needs --model_ema (there are no EMA weights to evaluate)")
 
 
 class ModelEma(nn.Module):
@@ -20,8 +43,7 @@ class ModelEma(nn.Module):
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"--model_ema_decay must be in (0, 1), got {decay}")
+        check_decay(decay)
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.decay = float(decay)

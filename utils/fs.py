@@ -1,6 +1,6 @@
 """Files that may be local or remote: `gs://bucket/dir` (or any `scheme://` path TensorFlow's gfile knows, `file://` included).
 
-Local paths use `os` directly (fsync, atomic rename). Remote paths go through `tf.io.gfile`, imported only when a remote path is used (through `big_vision.tf_import`, which keeps TensorFlow after torch_xla). GCS has no rename: `gfile.rename` copies then deletes, and an object only appears once its upload is complete, so a reader never sees half a file under the final name either way.
+Local paths use `os` directly (fsync, atomic rename). Remote paths go through `tf.io.gfile`, imported only when a remote path is used (through `utils.tf_import`, which keeps TensorFlow after torch_xla). GCS has no rename: `gfile.rename` copies then deletes, and an object only appears once its upload is complete, so a reader never sees half a file under the final name either way.
 """
 
 import io
@@ -15,7 +15,7 @@ def is_remote(path: str) -> bool:
 
 
 def _gfile():
-    from big_vision.tf_import import tf
+    from utils.tf_import import tf
 
     return tf.io.gfile
 

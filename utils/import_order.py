@@ -2,14 +2,14 @@
 
 Both bundle LLVM: `import tensorflow` followed by `import torch_xla` in one process aborts with
 "LLVM ERROR: inconsistency in registered CommandLine options". TensorFlow is only ever imported
-through `big_vision.tf_import`, which calls `setup_import_order()` first; the XLA runtime checks the
+through `utils.tf_import`, which calls `setup_import_order()` first; the XLA runtime checks the
 order again before it imports torch_xla, so a wrong order is a clear error instead of an abort.
 """
 
 import importlib.util
 import sys
 
-TF_FIRST_MESSAGE = "tensorflow was imported before torch_xla in this process; importing torch_xla now would abort with 'LLVM ERROR: inconsistency in registered CommandLine options'. Import TensorFlow only through big_vision.tf_import (which imports torch_xla first), or create the XLA runtime before building the input pipeline."
+TF_FIRST_MESSAGE = "tensorflow was imported before torch_xla in this process; importing torch_xla now would abort with 'LLVM ERROR: inconsistency in registered CommandLine options'. Import TensorFlow only through utils.tf_import (which imports torch_xla first), or create the XLA runtime before building the input pipeline."
 
 
 class ImportOrderError(RuntimeError):

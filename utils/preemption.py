@@ -9,6 +9,7 @@ Handlers can only be installed from the main thread (a Python rule); from anothe
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -101,3 +102,18 @@ class StopSignals:
             exit_now(signum)
         self._restore()
         signal.raise_signal(signum)
+
+
+def get_resume_command(argv: list[str], output_dpath: str) -> str:
+    """The command that continues a stopped run: the same flags, with `--resume auto` and the same `--output_dir`."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        if arg in ("--resume", "--output_dir"):
+            skip_value = True
+            continue
+        if not arg.startswith(("--resume=", "--output_dir=")):
+            kept.append(arg)
+    return shlex.join(["python", "main.py", *kept, "--resume", "auto", "--output_dir", output_dpath])

@@ -4,7 +4,7 @@ Every factory checks its static arguments, so a bad value fails when the pp stri
 """
 
 from big_vision.pp import registry, utils
-from big_vision.tf_import import tf
+from utils.tf_import import tf
 
 PAD_WHERE = ("after", "before", "both")
 
@@ -51,7 +51,8 @@ def get_value_range(vmin: float = -1, vmax: float = 1, in_min: float = 0, in_max
 def get_onehot(depth: int, key: str = "labels", key_result: str | None = None, multi: bool = True, on: float = 1.0, off: float = 0.0):
     """float32 one-hot of `data[key]` into `data[key_result or key]`; a list of labels becomes one multi-hot vector when `multi`.
 
-    Multi-hot: duplicates count once, an empty list gives all `off`, an index outside [0, depth) is a runtime error. Single labels use `tf.one_hot`, where an out-of-range index gives all `off`.
+    Multi-hot: duplicates count once, an empty list gives all `off`, an index outside [0, depth) is a runtime error. Single labels use
+    `tf.one_hot`, where an out-of-range index gives all `off`.
     """
     if not (_is_int(depth) and depth > 0):
         raise ValueError(f"pp op onehot: depth must be a positive int, got {depth!r}")
@@ -174,8 +175,10 @@ def _choice_sizes(n) -> tuple[int, int | None]:
 def get_choice(n="single", key=None, fewer_ok: bool = False, inkey=None, outkey=None):
     """Draw the same random rows (axis 0) from every in-key.
 
-    `n="single"` picks one row and drops that axis; an int picks that many distinct rows in their original order; [lo, hi] picks a random count in lo..hi (inclusive, capped at the number of rows).
-    `key`/`inkey` may be a string or a list; `outkey` may be a list or a string containing "{key}". Unless `fewer_ok`, fewer rows than needed is a runtime error.
+    `n="single"` picks one row and drops that axis; an int picks that many distinct rows in their original order; [lo, hi] picks a random
+    count in lo..hi (inclusive, capped at the number of rows).
+    `key`/`inkey` may be a string or a list; `outkey` may be a list or a string containing "{key}". Unless `fewer_ok`, fewer rows than
+    needed is a runtime error.
     """
     min_n, max_n = _choice_sizes(n)
     inkeys = key or inkey
@@ -189,7 +192,10 @@ def get_choice(n="single", key=None, fewer_ok: bool = False, inkey=None, outkey=
         else:
             outkeys = [outkeys]
     if len(outkeys) != len(inkeys):
-        raise ValueError(f"pp op choice: {len(inkeys)} in-keys {inkeys} but {len(outkeys)} out-keys {list(outkeys)}; use a list of the same length or a template with {{key}}")
+        raise ValueError(
+            f"pp op choice: {len(inkeys)} in-keys {inkeys} but {len(outkeys)} out-keys {list(outkeys)};"
+            " use a list of the same length or a template with {key}"
+        )
 
     def _choice(data):
         xs = [_read(data, k, "choice") for k in inkeys]

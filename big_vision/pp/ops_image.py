@@ -1,13 +1,15 @@
 """Image ops (TensorFlow, one example at a time). Default key is "image".
 
-Images are [h, w, c] tensors. Random ops draw from `tf.random` (unseeded, as in big_vision), so they give a fresh sample per example inside `tf.data.Dataset.map`; in the train pipeline they switch to stateless draws keyed per example (`utils.random_seed`), which exact resume replays.
+Images are [h, w, c] tensors. Random ops draw from `tf.random` (unseeded, as in big_vision), so they give a fresh sample per example inside
+`tf.data.Dataset.map`; in the train pipeline they switch to stateless draws keyed per example (`utils.random_seed`), which exact resume
+replays.
 Every factory checks its static arguments, so a bad value fails when the pp string is built, not inside tf.data.
 """
 
 from collections.abc import Callable, Sequence
 
 from big_vision.pp import registry, utils
-from big_vision.tf_import import tf
+from utils.tf_import import tf
 
 RESIZE_METHODS = ("area", "bicubic", "bilinear", "gaussian", "lanczos3", "lanczos5", "mitchellcubic", "nearest")
 VGG_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -103,7 +105,9 @@ def get_resize_long(longer_size: int, method: str = "area", antialias: bool = Tr
 def _sample_box(image_shape: tf.Tensor, area_min, area_max, ratio_range) -> tuple[tf.Tensor, tf.Tensor]:
     """Inception-style box: `begin` and `size` ([y, x, 0] and [h, w, -1]) for an [h, w, c] image shape."""
     kw = {} if ratio_range is None else {"aspect_ratio_range": ratio_range}
-    kw.update(bounding_boxes=tf.zeros([0, 0, 4], tf.float32), area_range=(area_min / 100, area_max / 100), min_object_covered=0, use_image_if_no_bounding_boxes=True)
+    kw.update(
+        bounding_boxes=tf.zeros([0, 0, 4], tf.float32), area_range=(area_min / 100, area_max / 100), min_object_covered=0, use_image_if_no_bounding_boxes=True
+    )
     seed = utils.random_seed()
     if seed is None:
         begin, size, _ = tf.image.sample_distorted_bounding_box(image_shape, **kw)
@@ -131,7 +135,9 @@ def get_inception_crop(size=None, area_min: float = 5, area_max: float = 100, me
 
 @registry.register("decode_jpeg_and_inception_crop")
 @utils.in_key_out_key()
-def get_decode_jpeg_and_inception_crop(size=None, area_min: float = 5, area_max: float = 100, ratio_min: float = 0.75, ratio_max: float = 1.33, method: str = "bilinear", antialias: bool = False):
+def get_decode_jpeg_and_inception_crop(
+    size=None, area_min: float = 5, area_max: float = 100, ratio_min: float = 0.75, ratio_max: float = 1.33, method: str = "bilinear", antialias: bool = False
+):
     """`inception_crop` fused with JPEG decoding: only the sampled window is decoded (JPEG bytes only, uint8 RGB out)."""
     op = "decode_jpeg_and_inception_crop"
     hw = None if size is None else _check_size(op, "size", size)

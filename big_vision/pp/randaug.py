@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 
 from big_vision.pp import registry, utils
-from big_vision.tf_import import tf
+from utils.tf_import import tf
 
 FILL_VALUE = 128
 OP_NAMES = (
@@ -130,7 +130,9 @@ def sharpness(image: tf.Tensor, factor: float) -> tf.Tensor:
 
 
 def _transform(image: tf.Tensor, transform: list) -> tf.Tensor:
-    """Projective warp: output pixel (x, y) takes the input pixel nearest to ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k), k = c0 x + c1 y + 1; outside pixels get FILL_VALUE."""
+    """Projective warp: output pixel (x, y) takes the input pixel nearest to ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k),
+    k = c0 x + c1 y + 1; outside pixels get FILL_VALUE.
+    """
     transforms = tf.reshape(tf.cast(tf.stack(transform), tf.float32), [1, 8])  # a batch of one image, one transform
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None],
@@ -179,7 +181,9 @@ def translate_y(image: tf.Tensor, pixels) -> tf.Tensor:
 
 
 def cutout(image: tf.Tensor, pad_size: int, center: tuple | None = None) -> tf.Tensor:
-    """Fill rows [cy - pad, cy + pad) x columns [cx - pad, cx + pad) (clipped to the image) with FILL_VALUE; the centre is uniform over the image unless given."""
+    """Fill rows [cy - pad, cy + pad) x columns [cx - pad, cx + pad) (clipped to the image) with FILL_VALUE; the centre is uniform over the
+    image unless given.
+    """
     size = tf.shape(image)
     if center is None:
         center = (utils.uniform([], 0, size[0], dtype=tf.int32), utils.uniform([], 0, size[1], dtype=tf.int32))

@@ -1,6 +1,9 @@
 """Helpers shared by op modules: key routing, size arguments, and per-example random seeds.
 
-Random ops draw through `random_seed()`: inside `example_seed(seed)` (the train input pipeline wraps each example's pp in it) they use stateless TF ops keyed by the example's seed and the op's place in the pp string, so an example's augmentation is a pure function of (seed, epoch, example index), whatever the thread that maps it and whichever examples were skipped before it (exact resume). Outside (eval, tests, tools) `random_seed()` is None and the ops draw from the stateful `tf.random` as big_vision does.
+Random ops draw through `random_seed()`: inside `example_seed(seed)` (the train input pipeline wraps each example's pp in it) they use
+stateless TF ops keyed by the example's seed and the op's place in the pp string, so an example's augmentation is a pure function of (seed,
+epoch, example index), whatever the thread that maps it and whichever examples were skipped before it (exact resume). Outside (eval, tests,
+tools) `random_seed()` is None and the ops draw from the stateful `tf.random` as big_vision does.
 """
 
 import contextlib
@@ -26,12 +29,13 @@ def example_seed(seed) -> Iterator[None]:
 def random_seed():
     """A fresh stateless seed for the next random draw of this example, or None outside `example_seed`.
 
-    Each call folds a counter into the example seed; the counter follows the order in which ops are traced, which is fixed by the pp string, so draws are reproducible.
+    Each call folds a counter into the example seed; the counter follows the order in which ops are traced, which is fixed by the pp string,
+    so draws are reproducible.
     """
     stack = _SEEDS.__dict__.get("stack")
     if not stack:
         return None
-    from big_vision.tf_import import tf
+    from utils.tf_import import tf
 
     entry = stack[-1]
     entry[1] += 1
@@ -40,7 +44,7 @@ def random_seed():
 
 def uniform(shape, minval, maxval, dtype):
     """`tf.random.uniform`, stateless inside `example_seed`."""
-    from big_vision.tf_import import tf
+    from utils.tf_import import tf
 
     seed = random_seed()
     if seed is None:

@@ -10,31 +10,33 @@ Shape letters: b sets per batch, s cells per set, g genes, t sets in a list.
 import collections
 import concurrent.futures
 import dataclasses
-import difflib
 import itertools
 import logging
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
-from utils import h5ad
+from cells import genes, h5ad
+from cells.groups import (
+    KEY_BASELINE,
+    KEY_CTRL,
+    KEY_EVAL,
+    KEY_TRAIN,
+    Group,
+    check_eval_contexts,
+    draw_eval_perts,
+    label_spaces,
+    make_groups,
+    read_eval_perts,
+    seeded_rng,
+)
+from utils import settings
 
 log = logging.getLogger(__name__)
 
-# Second words of the seed keys, so the streams for different purposes never coincide.
-_KEY_TRAIN, _KEY_CTRL, _KEY_EVAL, _KEY_SPLIT, _KEY_BASELINE = 0, 1, 2, 3, 4
 PREFETCH_BATCHES = 2  # bounded: a batch of 16 sets x 2 x 512 cells x 18k genes is ~1.2 GB
 READ_THREADS = 1  # one reader thread already keeps ahead of a device step here; on 2 busy cores a second one cost more CPU per set than it saved (tools/bench_h5ad.py --read_threads)
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    file_idx: int
-    context: int  # index into context_names
-    pert: int  # index into pert_names
-    rows: np.ndarray  # sorted rows of the file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,16 +51,14 @@ class CellSet:
     mask: bool = True
 
 
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
-
-
 def _sample(rng: np.random.Generator, pool: np.ndarray, size: int) -> np.ndarray:
     """`size` rows of the pool: without replacement when it is big enough, with replacement otherwise."""
     return pool[rng.choice(len(pool), size, replace=len(pool) < size)]
 
 
-def _prefetch(chunks: Iterator[list[CellSet]], read: Callable[[list[CellSet]], dict[str, torch.Tensor]], depth: int, threads: int) -> Iterator[dict[str, torch.Tensor]]:
+def _prefetch(
+    chunks: Iterator[list[CellSet]], read: Callable[[list[CellSet]], dict[str, torch.Tensor]], depth: int, threads: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """Read batches on a small thread pool, up to `depth` ahead, and yield them in order, so the training step never waits on file reads.
 
     numpy's gathers, scipy's densify and HDF5 reads release the GIL, so the threads overlap reads with each other and with the device step; a read's exception surfaces in the consumer, and closing the iterator cancels what is queued.
@@ -117,7 +117,9 @@ class CellSetData:
         self.sets_per_process = self.n_train_sets // process_count
         self.steps_per_epoch = self.sets_per_process // batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.n_train_sets} training sets of {s} cells cannot fill one batch of {batch_size} sets on each of {process_count} processes; lower --batch_size or --cells_per_set")
+            raise ValueError(
+                f"{self.n_train_sets} training sets of {s} cells cannot fill one batch of {batch_size} sets on each of {process_count} processes; lower --batch_size or --cells_per_set"
+            )
         self.n_small_train_groups = sum(len(g.rows) < s for g in self.train_groups)
         self.n_small_eval_groups = sum(len(g.rows) < s for g in self.eval_groups)
         self.n_small_control_pools = sum(len(p) < s for p in control_pools.values())
@@ -129,7 +131,7 @@ class CellSetData:
     def iter_train_sets(self, epoch: int) -> Iterator[CellSet]:
         """This process's `steps_per_epoch * batch_size` training sets of `epoch`, in order."""
         s = self.cells_per_set
-        rng = _rng(self.seed, _KEY_TRAIN, epoch)
+        rng = seeded_rng(self.seed, KEY_TRAIN, epoch)
         group_t: list[np.ndarray] = []
         rows_parts: list[np.ndarray] = []
         for gi, group in enumerate(self.train_groups):
@@ -151,13 +153,13 @@ class CellSetData:
         for set_id in order_t[first : first + self.steps_per_epoch * self.batch_size]:
             group = self.train_groups[all_group_t[set_id]]
             # Controls keyed by (seed, epoch, set id): a set's content does not depend on the number of processes.
-            ctrl_s = _sample(_rng(self.seed, _KEY_CTRL, epoch, set_id), self.control_pools[group.file_idx, group.context], s)
+            ctrl_s = _sample(seeded_rng(self.seed, KEY_CTRL, epoch, set_id), self.control_pools[group.file_idx, group.context], s)
             yield CellSet(group.file_idx, group.pert, group.context, all_rows_ts[set_id], ctrl_s)
 
     def _make_eval_sets(self) -> list[CellSet]:
         sets = []
         for gi, group in enumerate(self.eval_groups):
-            rng = _rng(self.seed, _KEY_EVAL, gi)
+            rng = seeded_rng(self.seed, KEY_EVAL, gi)
             rows_s = _sample(rng, group.rows, self.cells_per_set)
             ctrl_s = _sample(rng, self.control_pools[group.file_idx, group.context], self.cells_per_set)
             sets.append(CellSet(group.file_idx, group.pert, group.context, rows_s, ctrl_s))
@@ -221,7 +223,7 @@ class CellSetData:
         eval_contexts = {g.context for g in self.eval_groups}
         pool = [g for g in self.train_groups if not eval_contexts or g.context in eval_contexts]
         assert pool, "no training perturbation in the eval contexts"
-        rng = _rng(self.seed, _KEY_BASELINE)
+        rng = seeded_rng(self.seed, KEY_BASELINE)
         picked = [pool[i] for i in sorted(rng.choice(len(pool), min(max_groups, len(pool)), replace=False))]
         bulk_qg = np.empty((len(picked), self.n_genes), np.float64)
         for q, group in enumerate(picked):
@@ -241,9 +243,9 @@ class CellSetData:
 def _align_genes(files: list[h5ad.H5adFile], gene_vocab: str | None, log_info: Callable[..., None]) -> list[str]:
     """Map every file onto one gene order (the vocab's, or the first file's) and return that order's names."""
     if gene_vocab is not None:
-        vocab = h5ad.read_gene_vocab(gene_vocab)
+        vocab = genes.read_gene_vocab(gene_vocab)
         for f in files:
-            gene_map = h5ad.make_gene_map(vocab, f.gene_symbols, f.gene_ids, vocab_name=gene_vocab, h5ad_fpath=f.fpath)
+            gene_map = genes.make_gene_map(vocab, f.gene_symbols, f.gene_ids, vocab_name=gene_vocab, h5ad_fpath=f.fpath)
             log_info(
                 "%s: gene vocab %s: %d matched, %d ambiguous symbols, %d missing (zeros) of %d vocab genes",
                 f.fpath,
@@ -266,23 +268,49 @@ def _align_genes(files: list[h5ad.H5adFile], gene_vocab: str | None, log_info: C
             raise ValueError(
                 f"{f.fpath} and {first.fpath} have different genes ({len(only_first)} only in the first, e.g. {only_first[:3]}; {len(only_other)} only in {f.fpath}, e.g. {only_other[:3]}); pass --gene_vocab to map all files onto one gene list"
             )
-        f.set_gene_map(h5ad.make_gene_map(keys, f.gene_symbols, f.gene_ids, vocab_name=first.fpath, h5ad_fpath=f.fpath))
+        f.set_gene_map(genes.make_gene_map(keys, f.gene_symbols, f.gene_ids, vocab_name=first.fpath, h5ad_fpath=f.fpath))
     return list(first.gene_symbols)
 
 
-def _read_eval_perts(fpath: str, pert_names: list[str], control_label: str) -> list[str]:
-    if not os.path.isfile(fpath):
-        raise FileNotFoundError(f"--eval_perts file not found: {fpath}")
-    with open(fpath) as fd:
-        labels = sorted({line.strip() for line in fd if line.strip()})
-    if not labels:
-        raise ValueError(f"--eval_perts file {fpath} lists no perturbation")
-    for label in labels:
-        if label == control_label:
-            raise ValueError(f"--eval_perts file {fpath} lists the control label {control_label!r}; controls are never held out")
-        if label not in pert_names:
-            raise ValueError(f"--eval_perts file {fpath}: perturbation {label!r} has no cells in the h5ad files; close matches: {difflib.get_close_matches(label, pert_names, n=3, cutoff=0.5)}")
-    return labels
+DEFAULT_EVAL_FRAC = 0.2  # without --eval_perts or --eval_frac, this seeded fraction of the perturbations is held out for the eval metrics
+
+
+def check_eval_split(eval_perts: str | None, eval_frac: float) -> None:
+    """How the held-out perturbations are chosen: a file or a seeded fraction, never both."""
+    if not 0.0 <= eval_frac < 1.0:
+        raise ValueError(f"--eval_frac must be in [0, 1), got {eval_frac}")
+    if eval_perts is not None and eval_frac > 0:
+        raise ValueError("pass either --eval_perts or --eval_frac, not both")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSetConfig:
+    """The `h5ad / cell sets` flags: which files, which obs columns, set size, transform, gene order and the held-out perturbations."""
+
+    h5ad_path: list[str] | None = None
+    pert_col: str = "target_gene"
+    context_col: str = "cell_line"
+    control_label: str = "non-targeting"
+    cells_per_set: int = settings.setting(64, range=settings.AT_LEAST_ONE)
+    h5ad_transform: str = settings.setting("auto", choices=h5ad.TRANSFORMS)
+    gene_vocab: str | None = None
+    h5ad_in_memory: bool = False
+    eval_perts: str | None = None
+    eval_frac: float = 0.0
+    eval_contexts: list[str] | None = None
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        check_eval_split(self.eval_perts, self.eval_frac)
+
+    def get_eval_frac(self, seed: int) -> float:
+        """`--eval_frac`, or the default fraction when no held-out perturbations are named (logged: it decides what the metrics cover)."""
+        if self.eval_perts is not None or self.eval_frac:
+            return self.eval_frac
+        log.info(
+            "no --eval_perts or --eval_frac: holding out a seeded --eval_frac %g of the perturbations (--seed %d) for the eval metrics", DEFAULT_EVAL_FRAC, seed
+        )
+        return DEFAULT_EVAL_FRAC
 
 
 def make_cellset_data(
@@ -314,109 +342,54 @@ def make_cellset_data(
     assert 0 <= process_index < process_count, (process_index, process_count)
     if cells_per_set < 1 or batch_size < 1:
         raise ValueError(f"--cells_per_set ({cells_per_set}) and --batch_size ({batch_size}) must be >= 1")
-    if not 0.0 <= eval_frac < 1.0:
-        raise ValueError(f"--eval_frac must be in [0, 1), got {eval_frac}")
-    if eval_perts is not None and eval_frac > 0:
-        raise ValueError("pass either --eval_perts or --eval_frac, not both")
+    check_eval_split(eval_perts, eval_frac)
     is_main = process_index == 0
     log_info = log.info if is_main else log.debug
-    files = [h5ad.H5adFile(p, pert_col=pert_col, context_col=context_col, control_label=control_label, transform=transform, in_memory=in_memory, log_info=is_main) for p in h5ad_paths]
+    files = [
+        h5ad.H5adFile(p, pert_col=pert_col, context_col=context_col, control_label=control_label, transform=transform, in_memory=in_memory, log_info=is_main)
+        for p in h5ad_paths
+    ]
     gene_names = _align_genes(files, gene_vocab, log_info)
 
-    # Global label spaces: perturbations with cells in any file (control first), contexts sorted.
-    counts_per_file = [np.bincount(f.pert_codes_n[f.pert_codes_n >= 0], minlength=len(f.pert_categories)) for f in files]
-    labels = {f.pert_categories[i] for f, c in zip(files, counts_per_file, strict=True) for i in np.flatnonzero(c)}
-    pert_names = [control_label] + sorted(labels - {control_label})
-    contexts = {f.context_categories[i] for f in files for i in np.unique(f.context_codes_n[f.context_codes_n >= 0])}
-    context_names = sorted(contexts)
-    pert_index = {p: i for i, p in enumerate(pert_names)}  # dicts: genome-wide screens have ~10^4 labels
-    context_index = {c: i for i, c in enumerate(context_names)}
-
-    groups: list[Group] = []
-    control_pools: dict[tuple[int, int], np.ndarray] = {}
-    n_missing = 0
-    for fi, f in enumerate(files):
-        pert_map = np.array([pert_index.get(c, -1) for c in f.pert_categories] + [-1], np.int64)
-        context_map = np.array([context_index.get(c, -1) for c in f.context_categories] + [-1], np.int64)
-        pert_n, context_n = pert_map[f.pert_codes_n], context_map[f.context_codes_n]  # code -1 (missing) hits the trailing -1
-        valid_n = (pert_n >= 0) & (context_n >= 0)
-        n_missing += int((~valid_n).sum())
-        rows_v = np.flatnonzero(valid_n)
-        key_v = context_n[rows_v] * len(pert_names) + pert_n[rows_v]
-        order_v = np.argsort(key_v, kind="stable")  # stable: rows stay sorted within a group
-        rows_v, key_v = rows_v[order_v], key_v[order_v]
-        bounds = np.flatnonzero(np.diff(key_v)) + 1
-        for rows in np.split(rows_v, bounds):
-            if len(rows) == 0:
-                continue
-            context, pert = divmod(int(context_n[rows[0]] * len(pert_names) + pert_n[rows[0]]), len(pert_names))
-            if pert == 0:
-                control_pools[fi, context] = rows
-            else:
-                groups.append(Group(fi, context, pert, rows))
-    for g in groups:
-        if (g.file_idx, g.context) not in control_pools:
-            raise ValueError(f"{files[g.file_idx].fpath}: context {context_names[g.context]!r} has perturbed cells but no {control_label!r} cells to match them with")
+    pert_names, context_names = label_spaces(files, control_label)
+    groups, control_pools, n_missing = make_groups(files, pert_names, context_names, control_label)
     if n_missing:
         log_info("skipped %d cells with a missing %s or %s", n_missing, pert_col, context_col)
-
     if eval_contexts is not None:
-        for name in eval_contexts:
-            if name not in context_names:
-                raise ValueError(
-                    f"--eval_contexts: context {name!r} has no cells in the h5ad files; contexts: {context_names}, close matches: {difflib.get_close_matches(name, context_names, n=3, cutoff=0.5)}"
-                )
-        eval_contexts = sorted(set(eval_contexts))
+        eval_contexts = check_eval_contexts(eval_contexts, context_names)
     if eval_perts is not None:
-        eval_pert_names = _read_eval_perts(eval_perts, pert_names, control_label)
-    elif eval_frac > 0:
-        candidates = pert_names[1:]
-        if eval_contexts is not None:
-            eval_codes = {context_names.index(c) for c in eval_contexts}
-            in_eval = {g.pert for g in groups if g.context in eval_codes}
-            elsewhere = {g.pert for g in groups if g.context not in eval_codes}
-            candidates = [pert_names[p] for p in sorted(in_eval & elsewhere)]
-            if len(candidates) < 2:
-                raise ValueError(
-                    f"--eval_contexts {eval_contexts}: {len(candidates)} perturbations have cells both there and in another context; need at least 2 to hold some out and train on the rest"
-                )
-        n_eval = max(1, round(eval_frac * len(candidates)))
-        if n_eval >= len(candidates):
-            raise ValueError(f"--eval_frac {eval_frac} holds out all {len(candidates)} perturbations; nothing left to train on")
-        eval_pert_names = sorted(_rng(seed, _KEY_SPLIT).choice(candidates, n_eval, replace=False).tolist())
+        eval_pert_names = read_eval_perts(eval_perts, pert_names, control_label)
     else:
-        eval_pert_names = []
-    data = CellSetData(
-        files,
-        groups=groups,
-        control_pools=control_pools,
-        pert_names=pert_names,
-        context_names=context_names,
-        gene_names=gene_names,
-        eval_pert_names=eval_pert_names,
-        eval_context_names=eval_contexts,
-        cells_per_set=cells_per_set,
-        batch_size=batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        prefetch=prefetch,
-        read_threads=read_threads,
-    )
-    n_by_ctx = collections.Counter(context_names[g.context] for g in data.train_groups)
+        eval_pert_names = draw_eval_perts(eval_frac, groups, pert_names, context_names, eval_contexts, seed) if eval_frac > 0 else []
+    names = dict(pert_names=pert_names, context_names=context_names, gene_names=gene_names, eval_pert_names=eval_pert_names, eval_context_names=eval_contexts)
+    sizes = dict(cells_per_set=cells_per_set, batch_size=batch_size, seed=seed, prefetch=prefetch, read_threads=read_threads)
+    data = CellSetData(files, groups=groups, control_pools=control_pools, process_index=process_index, process_count=process_count, **names, **sizes)
+    _log_summary(data, log_info)
+    return data
+
+
+def _log_summary(data: CellSetData, log_info: Callable[..., None]) -> None:
+    n_by_ctx = collections.Counter(data.context_names[g.context] for g in data.train_groups)
+    eval_contexts = data.eval_context_names
     log_info(
         "cell sets: %d files, %d contexts, %d perturbations (%d held out in %s), %d train groups %s, %d eval groups, %d genes",
-        len(files),
+        len(data.files),
         data.n_contexts,
         data.n_perts - 1,
-        len(eval_pert_names),
+        len(data.eval_pert_names),
         "every context" if eval_contexts is None else f"contexts {eval_contexts} only",
         len(data.train_groups),
         dict(n_by_ctx),
         len(data.eval_groups),
         data.n_genes,
     )
-    log_info("cell sets: %d train sets of %d cells per epoch, %d steps per epoch per process, %d eval batches per process", data.n_train_sets, cells_per_set, data.steps_per_epoch, data.eval_steps)
+    log_info(
+        "cell sets: %d train sets of %d cells per epoch, %d steps per epoch per process, %d eval batches per process",
+        data.n_train_sets,
+        data.cells_per_set,
+        data.steps_per_epoch,
+        data.eval_steps,
+    )
     if data.n_small_train_groups or data.n_small_eval_groups or data.n_small_control_pools:
         log_info(
             "cell sets: groups smaller than a set are sampled with replacement: %d of %d train groups, %d of %d eval groups, %d of %d control pools",
@@ -425,6 +398,5 @@ def make_cellset_data(
             data.n_small_eval_groups,
             len(data.eval_groups),
             data.n_small_control_pools,
-            len(control_pools),
+            len(data.control_pools),
         )
-    return data

@@ -66,7 +66,9 @@ def pds_per_pert(
     return out_p
 
 
-def discrimination_score(real_bulk_pg: np.ndarray, pred_bulk_pg: np.ndarray, real_ctrl_g: np.ndarray, pred_ctrl_g: np.ndarray, target_gene_p: np.ndarray) -> float:
+def discrimination_score(
+    real_bulk_pg: np.ndarray, pred_bulk_pg: np.ndarray, real_ctrl_g: np.ndarray, pred_ctrl_g: np.ndarray, target_gene_p: np.ndarray
+) -> float:
     """Mean PDS over perturbations (see `pds_per_pert`)."""
     return float(pds_per_pert(real_bulk_pg, pred_bulk_pg, real_ctrl_g, pred_ctrl_g, target_gene_p).mean())
 

@@ -1,10 +1,11 @@
 """Import TensorFlow safely next to torch_xla, and keep it off every accelerator.
 
-Use `from big_vision.tf_import import tf` instead of `import tensorflow as tf`.
+Use `from utils.tf_import import tf` instead of `import tensorflow as tf`. Importing it also applies the process set-up (`utils.process`: quiet TF logs, the NumPy read-only warning filter).
 """
 
 import os
 
+from utils import process
 from utils.import_order import setup_import_order
 
 
@@ -14,7 +15,7 @@ def _import_tf():
     # loading libtpu at import; the restore keeps the variable from leaking into child processes.
     saved = os.environ.get("TPU_LOAD_LIBRARY")
     os.environ["TPU_LOAD_LIBRARY"] = "0"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    process.setup_process()
     try:
         import tensorflow as tf_module
     finally:

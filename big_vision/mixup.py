@@ -9,13 +9,14 @@ The sampling and mixing follow `timm.data.Mixup` draw for draw (modes batch, pai
 Targets are not smoothed here: `ClassificationTask` applies `--label_smoothing` to every kind of target in the loss. For soft targets that is `(1 - s) * labels + s / n_classes`, exactly what timm's `mixup_target(..., smoothing=s)` builds, so hard labels, pp `onehot` labels and mixed labels all get the same smoothing, once.
 """
 
-import argparse
 import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from utils import settings
 
 MODES = ("batch", "pair", "elem")
 
@@ -151,17 +152,41 @@ def mix_batches(batches: Iterator[dict[str, torch.Tensor]], mixup: Mixup, seed: 
         yield mixup.mix(batch, get_rng(seed, epoch, step))
 
 
-def is_enabled(args: argparse.Namespace) -> bool:
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+@dataclasses.dataclass(frozen=True)
+class MixupConfig:
+    """The `augmentation` flags: mixup/cutmix alphas (> 0 turns each on), the cutmix box range, probabilities and the mode."""
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    cutmix_minmax: list[float] | None = None
+    mixup_prob: float = settings.setting(1.0, range=settings.PROBABILITY)
+    mixup_switch_prob: float = settings.setting(0.5, range=settings.PROBABILITY)
+    mixup_mode: str = settings.setting("batch", choices=MODES)
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        for flag in ("mixup", "cutmix"):
+            if getattr(self, flag) < 0:
+                raise ValueError(f"--{flag} (an alpha) must be >= 0, got {getattr(self, flag)}")
+        if self.cutmix_minmax is not None:
+            lo, hi = self.cutmix_minmax
+            if not 0.0 < lo < hi <= 1.0:
+                raise ValueError(f"--cutmix_minmax needs 0 < MIN < MAX <= 1, got {lo} {hi}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None
 
 
-def make_mixup(args: argparse.Namespace, num_classes: int, batch_per_process: int) -> Mixup | None:
+def make_mixup(config: MixupConfig, num_classes: int, batch_per_process: int) -> Mixup | None:
     """The Mixup of the `augmentation` flags, or None when mixup and cutmix are off."""
-    if not is_enabled(args):
+    if not config.enabled:
         return None
     if batch_per_process % 2:
-        raise ValueError(f"--mixup/--cutmix mix element i with element b - 1 - i of each batch: the per-process batch size must be even, got {batch_per_process}")
+        raise ValueError(
+            f"--mixup/--cutmix mix element i with element b - 1 - i of each batch: the per-process batch size must be even, got {batch_per_process}"
+        )
     if num_classes <= 0:
         raise ValueError(f"--mixup/--cutmix need the number of classes for soft targets; set --num_classes (got {num_classes})")
-    minmax = tuple(args.cutmix_minmax) if args.cutmix_minmax is not None else None
-    return Mixup(num_classes, args.mixup, args.cutmix, minmax, args.mixup_prob, args.mixup_switch_prob, args.mixup_mode)
+    minmax = tuple(config.cutmix_minmax) if config.cutmix_minmax is not None else None
+    return Mixup(num_classes, config.mixup, config.cutmix, minmax, config.mixup_prob, config.mixup_switch_prob, config.mixup_mode)

@@ -1,20 +1,23 @@
-"""Shared test setup: PJRT on CPU, torch_xla imported before TensorFlow, one digits dataset per session, and no process of the session left running at its end."""
+"""Test setup for `tests/` and `test_kd.py` (pytest puts this directory on sys.path): PJRT on CPU, the program's process set-up, torch_xla before TensorFlow, one digits dataset per session, and no process of the session left running at its end."""
 
 import os
 import signal
 import sys
 import uuid
 
+from utils import process
+
 os.environ.setdefault("PJRT_DEVICE", "CPU")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py: OpenMP workers must not spin against the TF input threads
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.update(process.env_defaults())  # before torch is imported, as in main.py
 
-import pytest  # noqa: E402
+import pytest
 
-from tests import proc  # noqa: E402
-from utils import import_order  # noqa: E402
+from tests import proc
+from utils import import_order
 
+pytest_plugins = ["tests.bad_input_cases"]  # the `files` fixture of tests/test_bad_inputs.py
+
+process.setup_process()  # what `python main.py` sets up, for every test in this process and the processes it starts
 # torch_xla before TensorFlow (see utils/import_order.py), for every test module in this process.
 import_order.setup_import_order()
 
@@ -43,6 +46,19 @@ def find_leftovers() -> list[proc.ProcInfo]:
         return False
 
     return [p for p in live if p.pid not in ancestors and (descends(p.pid) or proc.has_env(p.pid, proc.SESSION_ENV, SESSION_TAG))]
+
+
+def _stop_on_sigterm(signum, frame):
+    # A CI timeout (or `kill`) sends SIGTERM to pytest: stop like Ctrl-C, so every test's finally blocks and the session-end check below still kill what the session started.
+    raise KeyboardInterrupt(f"pytest received signal {signum}")
+
+
+def pytest_configure(config):
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits SIGINT ignored, and so would every
+        # process it starts: the Ctrl-C tests would see no signal at all. A test run behaves the same however it is launched.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session, exitstatus):

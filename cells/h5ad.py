@@ -1,4 +1,4 @@
-"""Read cells from `.h5ad` files with h5py: validated obs columns, var genes, fast row reads, count transforms and gene vocab maps.
+"""Read cells from `.h5ad` files with h5py: validated obs columns, var genes, fast row reads, count transforms, and the gene maps of `cells.genes` applied to the reads.
 
 Why not AnnData backed mode: `adata[idx].X` on a shuffled file issues one HDF5 read per row and tops out near 20 sets/s. Here `X/indptr` stays in RAM and the nonzeros of all requested rows are gathered in one vectorised step, in order of preference from:
 - `memory`: `X/data` and `X/indices` loaded once (`in_memory=True`, or the only fast route for a compressed file);
@@ -9,16 +9,16 @@ Shape letters: n requested rows, g genes (the file's unless said otherwise), m n
 """
 
 import collections
-import dataclasses
 import difflib
 import logging
 import os
-import re
 import threading
 
 import h5py
 import numpy as np
 import scipy.sparse
+
+from cells.genes import ENSEMBL_RE, GeneMap, strip_version
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,10 @@ TRANSFORMS = ("auto", "log1p", "none")
 TARGET_SUM = 1e4  # normalize_total target before log1p, as scanpy's and cell-load's preprocessing
 # auto transform: non-negative integers above 1 are raw counts (any maximum); non-integer values below this are log1p data (log1p(10^4) ~ 9.2).
 AUTO_MAX_THRESHOLD = 20.0
-ENSEMBL_RE = re.compile(r"^ENS[A-Z]*[GT]\d{6,}(\.\d+)?$")
 ENSEMBL_COLUMNS = ("gene_id", "gene_ids", "ensembl_id", "ensembl_ids", "gene_ensembl_id", "feature_id", "ensembl")
 SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name", "symbol")
 H5_CHUNK_CACHE_BYTES = 64 << 20  # decoded-chunk cache of the h5py path (cell-load uses the same 64 MiB)
 ROW_CACHE_ELEMS = 1 << 24  # LRU row cache of the h5py path: up to 16M nonzeros (~128 MiB of data + indices)
-
-
-def strip_version(gene_id: str) -> str:
-    """`ENSG00000000001.5` -> `ENSG00000000001`; anything that is not an Ensembl id is returned unchanged."""
-    return gene_id.split(".", 1)[0] if ENSEMBL_RE.match(gene_id) else gene_id
 
 
 def _close(name: str, options: list[str]) -> str:
@@ -101,56 +95,6 @@ def read_var_genes(h5: h5py.File) -> tuple[list[str], list[str] | None]:
                 ids = values
                 break
     return [str(s) for s in index], None if ids is None else [strip_version(str(v)) for v in ids]
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneMap:
-    """Where each vocab gene sits in one file: `vocab_to_file_g[i]` is a file gene index, or -1 (missing: zeros)."""
-
-    vocab_to_file_g: np.ndarray
-    n_matched: int
-    n_ambiguous: int
-    n_missing: int
-
-
-def read_gene_vocab(fpath: str) -> list[str]:
-    """One gene per line (Ensembl id, version optional, or symbol); blank lines skipped; duplicates are an error."""
-    if not os.path.isfile(fpath):
-        raise FileNotFoundError(f"--gene_vocab file not found: {fpath}")
-    with open(fpath) as fd:
-        vocab = [strip_version(line.strip()) for line in fd if line.strip()]
-    if not vocab:
-        raise ValueError(f"--gene_vocab file {fpath} lists no genes")
-    dupes = [g for g, c in collections.Counter(vocab).items() if c > 1]
-    if dupes:
-        raise ValueError(f"--gene_vocab file {fpath} lists {len(dupes)} genes more than once (after stripping versions), e.g. {dupes[:5]}")
-    return vocab
-
-
-def make_gene_map(vocab: list[str], symbols: list[str], gene_ids: list[str] | None, *, vocab_name: str, h5ad_fpath: str) -> GeneMap:
-    """Match vocab entries to a file's genes: by Ensembl id first, by symbol only when the symbol is unique in the file."""
-    id_counts = collections.Counter(gene_ids or [])
-    id_pos = {g: i for i, g in enumerate(gene_ids or [])}
-    symbol_counts = collections.Counter(symbols)
-    symbol_pos = {s: i for i, s in enumerate(symbols)}
-    vocab_to_file_g = np.full(len(vocab), -1, np.int64)
-    n_ambiguous = 0
-    for v, name in enumerate(vocab):
-        if id_counts.get(name, 0) == 1:
-            vocab_to_file_g[v] = id_pos[name]
-        elif symbol_counts.get(name, 0) == 1:
-            vocab_to_file_g[v] = symbol_pos[name]
-        elif id_counts.get(name, 0) > 1 or symbol_counts.get(name, 0) > 1:
-            n_ambiguous += 1
-    n_matched = int((vocab_to_file_g >= 0).sum())
-    if n_matched == 0:
-        raise ValueError(
-            f"gene vocab {vocab_name} shares no gene with {h5ad_fpath}: vocab starts with {vocab[:5]}, the file's symbols start with {symbols[:5]} and its Ensembl ids with {(gene_ids or [])[:5]}"
-        )
-    matched = vocab_to_file_g[vocab_to_file_g >= 0]
-    if len(np.unique(matched)) != len(matched):
-        raise ValueError(f"gene vocab {vocab_name}: several vocab entries map to the same gene of {h5ad_fpath} (an Ensembl id and its symbol both listed?)")
-    return GeneMap(vocab_to_file_g, n_matched, n_ambiguous, len(vocab) - n_matched - n_ambiguous)
 
 
 def _concat_ranges(starts_n: np.ndarray, lens_n: np.ndarray) -> np.ndarray:
@@ -245,6 +189,15 @@ class _ArraySource:
         return np.take(self.flat, _concat_ranges(starts_n, lens_n))
 
 
+def _where_else_matrix(h5: h5py.File) -> str:
+    """The fix for a file without X: the matrices it does hold, if any."""
+    layers = h5["layers"].keys() if isinstance(h5.get("layers"), h5py.Group) else ()
+    elsewhere = [name for name in ("raw/X", *(f"layers/{k}" for k in layers)) if name in h5]
+    if not elsewhere:
+        return "; re-save it with the expression matrix in adata.X"
+    return f"; found {', '.join(elsewhere)}: re-save with adata.X set to the matrix to train on (e.g. adata.X = adata.raw.X or adata.layers['counts'])"
+
+
 class H5adFile:
     """One `.h5ad` opened with h5py: validated obs codes, var genes, and `read_rows_into` for transformed, gene-mapped dense rows."""
 
@@ -276,13 +229,7 @@ class H5adFile:
         if "obs" not in h5 or not isinstance(h5["obs"], h5py.Group):
             raise ValueError(f"{fpath}: no obs group in anndata>=0.8 encoding (a legacy file: re-save it with a current anndata)")
         if "X" not in h5:
-            elsewhere = [name for name in ("raw/X", *(f"layers/{k}" for k in (h5["layers"].keys() if isinstance(h5.get("layers"), h5py.Group) else ()))) if name in h5]
-            found = (
-                f"; found {', '.join(elsewhere)}: re-save with adata.X set to the matrix to train on (e.g. adata.X = adata.raw.X or adata.layers['counts'])"
-                if elsewhere
-                else "; re-save it with the expression matrix in adata.X"
-            )
-            raise ValueError(f"{fpath}: no X matrix{found}")
+            raise ValueError(f"{fpath}: no X matrix{_where_else_matrix(h5)}")
         obs = h5["obs"]
         obs_columns = sorted(k for k in obs.keys() if k != obs.attrs.get("_index", "_index"))
         for col, flag in ((pert_col, "--pert_col"), (context_col, "--context_col")):
@@ -294,7 +241,8 @@ class H5adFile:
             counts = np.bincount(self.pert_codes_n[self.pert_codes_n >= 0], minlength=len(self.pert_categories))
             frequent = [f"{self.pert_categories[i]} ({counts[i]} cells)" for i in np.argsort(-counts)[:5]]
             raise ValueError(
-                f"{fpath}: control label {control_label!r} (--control_label) has no cells in obs[{pert_col!r}]; most frequent labels: {frequent}" + _close(control_label, self.pert_categories)
+                f"{fpath}: control label {control_label!r} (--control_label) has no cells in obs[{pert_col!r}]; most frequent labels: {frequent}"
+                + _close(control_label, self.pert_categories)
             )
         self.control_code = self.pert_categories.index(control_label)
         self.gene_symbols, self.gene_ids = read_var_genes(h5)
@@ -353,7 +301,10 @@ class H5adFile:
             except _NotMappable:
                 self.backend = "h5py"
                 if compressed:
-                    log.warning("%s: X is compressed; every random row read inflates a whole chunk. Pass --h5ad_in_memory to decode it once if it fits in RAM, or rewrite it uncompressed.", self.fpath)
+                    log.warning(
+                        "%s: X is compressed; every random row read inflates a whole chunk. Pass --h5ad_in_memory to decode it once if it fits in RAM, or rewrite it uncompressed.",
+                        self.fpath,
+                    )
         self._log("%s: %d cells x %d genes, %s X, read via %s", self.fpath, self.n_cells, self.n_genes_file, "CSR" if self.sparse else "dense", self.backend)
 
     def _sample_values(self) -> np.ndarray:
@@ -378,10 +329,14 @@ class H5adFile:
             )
         values = values[values != 0]
         if len(values) == 0:
-            raise ValueError(f"{self.fpath}: cannot tell raw counts from log1p data: the sampled values of X are all zero; pass --h5ad_transform log1p (raw counts) or none (already normalized)")
+            raise ValueError(
+                f"{self.fpath}: cannot tell raw counts from log1p data: the sampled values of X are all zero; pass --h5ad_transform log1p (raw counts) or none (already normalized)"
+            )
         is_integer = bool(np.all(values == np.round(values)))
         vmin, vmax = float(values.min()), float(values.max())
-        if is_integer and vmin >= 0 and vmax > 1:  # log1p data is never all integers, whatever its maximum (a shallow screen's counts may stay below 20); 0/1 alone may be a binary matrix
+        if (
+            is_integer and vmin >= 0 and vmax > 1
+        ):  # log1p data is never all integers, whatever its maximum (a shallow screen's counts may stay below 20); 0/1 alone may be a binary matrix
             self._log("%s: X looks like raw counts (integers, max %g): applying log1p(normalize_total to %g) per cell", self.fpath, vmax, TARGET_SUM)
             return "log1p"
         if not is_integer and vmax < AUTO_MAX_THRESHOLD and vmin >= 0:
@@ -409,7 +364,12 @@ class H5adFile:
 
     def read_rows_into(self, rows_n: np.ndarray, out_ng: np.ndarray) -> None:
         """Write row `rows_n[i]` (transformed, gene-mapped) into `out_ng[i]`, zeros included: `out_ng` may be uninitialised."""
-        assert out_ng.dtype == np.float32 and out_ng.flags.c_contiguous and out_ng.shape == (len(rows_n), self.n_genes_out), (out_ng.dtype, out_ng.shape, len(rows_n), self.n_genes_out)
+        assert out_ng.dtype == np.float32 and out_ng.flags.c_contiguous and out_ng.shape == (len(rows_n), self.n_genes_out), (
+            out_ng.dtype,
+            out_ng.shape,
+            len(rows_n),
+            self.n_genes_out,
+        )
         if len(rows_n) == 0:
             return
         assert rows_n.min() >= 0 and rows_n.max() < self.n_cells, f"row index out of range [0, {self.n_cells})"
