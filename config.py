@@ -25,7 +25,10 @@ from utils import settings
 from utils.device import RuntimeConfig
 from utils.ema import EmaConfig
 
-DESCRIPTION = "Train a backbone: python main.py [--config recipe.yaml] [--flag value ...]. With no arguments it trains the default model on the embedded digits dataset on CPU."
+DESCRIPTION = (
+    "Train a backbone: python main.py [--config recipe.yaml] [--flag value ...]. "
+    "With no arguments it trains the default model on the embedded digits dataset on CPU."
+)
 NOT_CONFIG = ("help", "config", "list_models")  # flags that are not part of a run's configuration
 
 
@@ -80,7 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group(
         "h5ad / cell sets",
-        "Perturbation screens in .h5ad files (--data_set h5ad): one example is a set of perturbed cells of one (context, perturbation) plus a matched set of control cells",
+        "Perturbation screens in .h5ad files (--data_set h5ad): "
+        "one example is a set of perturbed cells of one (context, perturbation) plus a matched set of control cells",
     )
     g.add_argument(
         "--h5ad_path",
@@ -103,7 +107,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="CONTEXT",
-        help="hold the eval perturbations out in these contexts only; they train in the others (context transfer). Default: held out in every context (unseen perturbations)",
+        help=(
+            "hold the eval perturbations out in these contexts only; they train in the others (context transfer). "
+            "Default: held out in every context (unseen perturbations)"
+        ),
     )
 
     g = p.add_argument_group("MMD / set loss", "Per-set loss between predicted and observed cells (losses.make_set_loss)")
@@ -273,7 +280,10 @@ class Settings:
 
 
 def make_settings(args: argparse.Namespace) -> Settings:
-    """The components' settings from parsed flags; a ValueError names the bad flag. Values a component resolves (the default warm-up, the eval batch size, `--fsdp`) are written back to `args`."""
+    """The components' settings from parsed flags; a ValueError names the bad flag.
+
+    Values a component resolves (the default warm-up, the eval batch size, `--fsdp`) are written back to `args`.
+    """
     values = vars(args)
     s = settings.from_mapping(Settings, values)
     args.warmup_epochs, args.eval_batch_size, args.parallel = s.optim.warmup_epochs, s.data.eval_batch_size, s.runtime.parallel
@@ -293,7 +303,8 @@ def _check_combination(s: Settings) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Two stages: `--config` YAML becomes parser defaults (unknown keys are errors), then flags override; every component checks its settings (one usage error line)."""
+    """Two stages: `--config` YAML becomes parser defaults (unknown keys are errors), then flags override;
+    every component checks its settings (one usage error line)."""
     parser = get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)

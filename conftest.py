@@ -1,4 +1,5 @@
-"""Test setup for `tests/` and `test_kd.py` (pytest puts this directory on sys.path): PJRT on CPU, the program's process set-up, torch_xla before TensorFlow, one digits dataset per session, and no process of the session left running at its end."""
+"""Test setup for `tests/` and `test_kd.py` (pytest puts this directory on sys.path): PJRT on CPU, the program's process set-up, torch_xla before TensorFlow,
+one digits dataset per session, and no process of the session left running at its end."""
 
 import os
 import signal
@@ -21,7 +22,8 @@ process.setup_process()  # what `python main.py` sets up, for every test in this
 # torch_xla before TensorFlow (see utils/import_order.py), for every test module in this process.
 import_order.setup_import_order()
 
-# Every process this session starts inherits the tag (tests/proc.py passes it on even with an explicit env), so a leftover is found however it was started and wherever it was reparented. A fresh value per session: a pytest run inside a test must not claim its parent's processes.
+# Every process this session starts inherits the tag (tests/proc.py passes it on even with an explicit env), so a leftover is found however it was started and
+# wherever it was reparented. A fresh value per session: a pytest run inside a test must not claim its parent's processes.
 SESSION_TAG = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
 os.environ[proc.SESSION_ENV] = SESSION_TAG
 
@@ -49,7 +51,8 @@ def find_leftovers() -> list[proc.ProcInfo]:
 
 
 def _stop_on_sigterm(signum, frame):
-    # A CI timeout (or `kill`) sends SIGTERM to pytest: stop like Ctrl-C, so every test's finally blocks and the session-end check below still kill what the session started.
+    # A CI timeout (or `kill`) sends SIGTERM to pytest: stop like Ctrl-C, so every test's finally blocks and the session-end check below still kill what the
+    # session started.
     raise KeyboardInterrupt(f"pytest received signal {signum}")
 
 
@@ -86,7 +89,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session", autouse=True)
 def _xla_device_first():
-    """Start the PJRT device before any test runs a CPU backward: the other order breaks the next XLA backward (torch_xla harness gotcha, INTERNAL ASSERT device_ready_queues_)."""
+    """Start the PJRT device before any test runs a CPU backward: the other order breaks the next XLA backward (torch_xla harness gotcha,
+    INTERNAL ASSERT device_ready_queues_)."""
     import torch_xla
 
     torch_xla.device()

@@ -130,7 +130,8 @@ def check_num_classes(flag_value: int | None, builder, train_spec: dict, pp_trai
         data_classes = width
         if flag_value is not None and width is not None and flag_value != width:
             raise ValueError(
-                f"--num_classes {flag_value} does not match the {width}-wide one-hot labels of the train pp string {pp_train!r}; make them agree (onehot({flag_value}, ...) or --num_classes {width})"
+                f"--num_classes {flag_value} does not match the {width}-wide one-hot labels of the train pp string {pp_train!r}; "
+                f"make them agree (onehot({flag_value}, ...) or --num_classes {width})"
             )
     if data_classes is None:
         if flag_value is None:
@@ -138,7 +139,8 @@ def check_num_classes(flag_value: int | None, builder, train_spec: dict, pp_trai
         return flag_value
     if flag_value is not None and flag_value < data_classes:
         raise ValueError(
-            f"--num_classes {flag_value} is smaller than the {data_classes} classes of {builder.info.full_name}; labels >= {flag_value} would index past the model head. Drop --num_classes (default: from the dataset) or pass >= {data_classes}"
+            f"--num_classes {flag_value} is smaller than the {data_classes} classes of {builder.info.full_name}; labels >= {flag_value} would index past the "
+            f"model head. Drop --num_classes (default: from the dataset) or pass >= {data_classes}"
         )
     return flag_value or data_classes
 
@@ -197,7 +199,8 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
         log.info("train batches mixed on the host: %s", mixup)
     if mixup is not None and ("label" not in train_spec or train_spec["label"].shape.rank != 1):
         raise ValueError(
-            f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: mixing makes the soft targets)"
+            f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: "
+            "mixing makes the soft targets)"
         )
 
     def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
@@ -260,7 +263,8 @@ def _build_h5ad(config: DataConfig, process_index: int, process_count: int) -> D
     if cells.n_eval_sets == 0:
         where = "any context" if cells_config.eval_contexts is None else f"--eval_contexts {cells_config.eval_contexts}"
         raise ValueError(
-            f"no held-out cells: perturbations {cells.eval_pert_names[:10]} have no cells in {where}; the eval metrics need held-out perturbations (--eval_perts FILE or --eval_frac F)"
+            f"no held-out cells: perturbations {cells.eval_pert_names[:10]} have no cells in {where}; the eval metrics need held-out perturbations "
+            "(--eval_perts FILE or --eval_frac F)"
         )
     return Data(
         kind="cellset",

@@ -173,24 +173,28 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict, source: str = "--resume") -> None:
-        """Continue from one of our training checkpoints; anything else (a weights-only file, another model's or optimizer's checkpoint) is a ValueError naming the file and the fix."""
+        """Continue from one of our training checkpoints; anything else (a weights-only file,
+        another model's or optimizer's checkpoint) is a ValueError naming the file and the fix."""
         missing = [k for k in ("model", "optimizer", "position", "rng") if k not in state]
         if missing:
             raise ValueError(
-                f"--resume {source!r} is not a training checkpoint of main.py (no {', '.join(missing)}); to start from its weights pass it as --init_checkpoint instead"
+                f"--resume {source!r} is not a training checkpoint of main.py (no {', '.join(missing)}); "
+                "to start from its weights pass it as --init_checkpoint instead"
             )
         saved = state.get("args") if isinstance(state.get("args"), dict) else {}
         for key in ("model", "opt"):
             if saved.get(key) is not None and saved[key] != self.run_config.get(key):
                 raise ValueError(
-                    f"--resume {source!r} is a checkpoint of --{key} {saved[key]} but this run has --{key} {self.run_config.get(key)}; resume with --{key} {saved[key]}, or start from its weights with --init_checkpoint"
+                    f"--resume {source!r} is a checkpoint of --{key} {saved[key]} but this run has --{key} {self.run_config.get(key)}; "
+                    f"resume with --{key} {saved[key]}, or start from its weights with --init_checkpoint"
                 )
         ckpt.load_model_state(self.runtime.unwrap(self.model), state["model"], source=source, what="--resume")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise ValueError(
-                f"--resume {source!r}: its optimizer state does not fit this run's optimizer ({e}); was it trained with another --layer_decay or --weight_decay setting? Resume with the same flags, or start from its weights with --init_checkpoint"
+                f"--resume {source!r}: its optimizer state does not fit this run's optimizer ({e}); was it trained with another --layer_decay or "
+                "--weight_decay setting? Resume with the same flags, or start from its weights with --init_checkpoint"
             ) from e
         for group in self.optimizer.param_groups:  # keep our schedule bookkeeping if an old file lacks it
             group.setdefault("lr_scale", 1.0)
@@ -235,7 +239,9 @@ class Trainer:
         if n is None or self.compiles_after_warmup is None or n <= self.compiles_after_warmup:
             return
         log.warning(
-            "xla: %d new compile(s) between steps %d and %d after warm-up; likely cause: a batch with another shape (a partial last batch, a different eval batch size), a Python number that changes per step baked into the graph, or a host read (.item(), print) inside the step. Rerun with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
+            "xla: %d new compile(s) between steps %d and %d after warm-up; "
+            "likely cause: a batch with another shape (a partial last batch, a different eval batch size), a Python number that changes per step baked "
+            "into the graph, or a host read (.item(), print) inside the step. Rerun with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
             n - self.compiles_after_warmup,
             step_a,
             step_b,
@@ -247,7 +253,8 @@ class Trainer:
             self.failure = f"loss became nan or inf between steps {self.last_checked_step} and {self.position.global_step}"
         if self.failure is not None:
             raise TrainingDiverged(
-                f"{self.failure}; the last good checkpoint in {self.config.output_dir} is kept (lower --lr, raise --warmup_epochs, set --clip_grad, or check the inputs for nan or inf values)"
+                f"{self.failure}; the last good checkpoint in {self.config.output_dir} is kept (lower --lr, raise --warmup_epochs, set --clip_grad, "
+                "or check the inputs for nan or inf values)"
             )
 
     def _report_compiles(self, epoch: int, warm_before: bool) -> None:
@@ -262,7 +269,8 @@ class Trainer:
             self.compiles_after_warmup = n  # this epoch ran something for the first time (train, eval or checkpoint): its compiles are warm-up
         elif n > self.compiles_after_warmup:
             log.warning(
-                "xla: %d new compiles during epoch %d (after warm-up); a shape or a Python value changed between steps: run with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
+                "xla: %d new compiles during epoch %d (after warm-up); a shape or a Python value changed between steps: "
+                "run with PT_XLA_DEBUG_LEVEL=2 to see each compile's cause",
                 n - self.compiles_after_warmup,
                 epoch + 1,
             )

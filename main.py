@@ -7,10 +7,12 @@ components together; each one owns its settings and checks.
 Exit codes (by exception type, see `utils.errors`):
   0    trained to the end
   1    a bug: any other exception, with its traceback
-  2    bad input, printed as one `error: ...` line naming the value and the fix: argparse errors, any check at start-up (before the first train step: see `utils.errors.startup`), and bad data found while training (a corrupt record)
+  2    bad input, printed as one `error: ...` line naming the value and the fix: argparse errors, any check at start-up (before the first train step: see
+       `utils.errors.startup`), and bad data found while training (a corrupt record)
   3    the loss or gradient norm became nan or inf (`error: loss became nan or inf between steps a and b ...`); the last good checkpoint is kept
   4    writing to --output_dir failed during training (disk full, read-only, permissions): `error: ...` names the file; earlier checkpoints are intact
-  130  SIGINT (Ctrl-C), 143 SIGTERM: 128 + the signal number. During training the step in flight finishes and a checkpoint is written; the `stopped: ...` line says how to resume (`--resume auto --output_dir ...`)
+  130  SIGINT (Ctrl-C), 143 SIGTERM: 128 + the signal number. During training the step in flight finishes and a checkpoint is written; the `stopped: ...` line
+       says how to resume (`--resume auto --output_dir ...`)
 """
 
 import logging

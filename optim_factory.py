@@ -66,7 +66,8 @@ def check_schedule_args(
     """Schedules that would train wrong without a word: ValueError naming the flags and the fix."""
     if warmup_epochs >= epochs:
         raise ValueError(
-            f"--warmup_epochs {warmup_epochs:g} >= --epochs {epochs}: the LR would never leave warm-up nor reach --lr; pick --warmup_epochs below --epochs (e.g. {get_default_warmup_epochs(epochs):g})"
+            f"--warmup_epochs {warmup_epochs:g} >= --epochs {epochs}: the LR would never leave warm-up nor reach --lr; "
+            f"pick --warmup_epochs below --epochs (e.g. {get_default_warmup_epochs(epochs):g})"
         )
     if min_lr > lr:
         raise ValueError(f"--min_lr {min_lr:g} > --lr {lr:g}: the cosine 'decay' would raise the LR; pick --min_lr <= --lr")

@@ -206,14 +206,20 @@ def test_teacher_that_does_not_match_fails_at_startup_naming_keys(tmp_path):
     small_fpath = _save_weights(models.create_model("small_cnn", num_classes=N_CLASSES), tmp_path / "small.safetensors")
     with pytest.raises(
         ValueError,
-        match=r"teacher weights in .*small.safetensors do not match.*size mismatches \['features.0.weight: file \(32, 3, 3, 3\) vs model \(16, 3, 3, 3\)'.*unexpected keys \[.*'features.12.weight'",
+        match=(
+            r"teacher weights in .*small.safetensors do not match.*size mismatches "
+            r"\['features.0.weight: file \(32, 3, 3, 3\) vs model \(16, 3, 3, 3\)'.*unexpected keys \[.*'features.12.weight'"
+        ),
     ):
         make_teacher("tiny_cnn", small_fpath, N_CLASSES, runtime)
     five_fpath = _save_weights(models.create_model("tiny_cnn", num_classes=5), tmp_path / "five.safetensors")
     # safetensors stores keys sorted: head.bias comes first.
     with pytest.raises(
         ValueError,
-        match=r"size mismatches \['head.bias: file \(5,\) vs model \(10,\)', 'head.weight: file \(5, 32\) vs model \(10, 32\)'\], missing keys \[\], unexpected keys \[\]",
+        match=(
+            r"size mismatches \['head.bias: file \(5,\) vs model \(10,\)', 'head.weight: file \(5, 32\) vs model \(10, 32\)'\], missing keys \[\], "
+            r"unexpected keys \[\]"
+        ),
     ):
         make_teacher("tiny_cnn", five_fpath, N_CLASSES, runtime)
     ours_fpath = tmp_path / "vit.pt"

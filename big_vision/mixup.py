@@ -1,12 +1,18 @@
 """Mixup and CutMix on host batches (CPU tensors, before the device transfer), with soft targets.
 
-Why on the host: every batch leaves here with the same shapes and dtypes (`image` float [b, c, h, w], `labels` float [b, n_classes]), whatever lambda or box was drawn, so the compiled XLA step never changes. Mixing on the device would put lambda and the CutMix box into the graph: as Python numbers they are graph constants (one compile per value), and a data-dependent box is a dynamic slice.
+Why on the host: every batch leaves here with the same shapes and dtypes (`image` float [b, c, h, w], `labels` float [b, n_classes]), whatever lambda or box was
+drawn, so the compiled XLA step never changes. Mixing on the device would put lambda and the CutMix box into the graph: as Python numbers they are graph
+constants (one compile per value), and a data-dependent box is a dynamic slice.
 
-The sampling and mixing follow `timm.data.Mixup` draw for draw (modes batch, pair and elem; CutMix box by lambda or by `cutmix_minmax`, with lambda corrected to the pasted area), so with the same `np.random.RandomState` the outputs equal timm's. Two differences, both on purpose:
-- the random state is explicit and derived from (seed, epoch, step) for every batch, so a resumed run draws the same mixes for the rest of the epoch, whichever thread runs the iterator;
+The sampling and mixing follow `timm.data.Mixup` draw for draw (modes batch, pair and elem; CutMix box by lambda or by `cutmix_minmax`, with lambda corrected to
+the pasted area), so with the same `np.random.RandomState` the outputs equal timm's. Two differences, both on purpose:
+- the random state is explicit and derived from (seed, epoch, step) for every batch, so a resumed run draws the same mixes for the rest of the epoch, whichever
+  thread runs the iterator;
 - the input batch is never written to (tf.data's buffers are shared, read-only memory); mixed images are new tensors.
 
-Targets are not smoothed here: `ClassificationTask` applies `--label_smoothing` to every kind of target in the loss. For soft targets that is `(1 - s) * labels + s / n_classes`, exactly what timm's `mixup_target(..., smoothing=s)` builds, so hard labels, pp `onehot` labels and mixed labels all get the same smoothing, once.
+Targets are not smoothed here: `ClassificationTask` applies `--label_smoothing` to every kind of target in the loss. For soft targets that is
+`(1 - s) * labels + s / n_classes`, exactly what timm's `mixup_target(..., smoothing=s)` builds, so hard labels, pp `onehot` labels and mixed labels all get the
+same smoothing, once.
 """
 
 import dataclasses

@@ -57,7 +57,8 @@ def make_gene_map(vocab: list[str], symbols: list[str], gene_ids: list[str] | No
     n_matched = int((vocab_to_file_g >= 0).sum())
     if n_matched == 0:
         raise ValueError(
-            f"gene vocab {vocab_name} shares no gene with {h5ad_fpath}: vocab starts with {vocab[:5]}, the file's symbols start with {symbols[:5]} and its Ensembl ids with {(gene_ids or [])[:5]}"
+            f"gene vocab {vocab_name} shares no gene with {h5ad_fpath}: vocab starts with {vocab[:5]}, the file's symbols start with {symbols[:5]} and its "
+            f"Ensembl ids with {(gene_ids or [])[:5]}"
         )
     matched = vocab_to_file_g[vocab_to_file_g >= 0]
     if len(np.unique(matched)) != len(matched):

@@ -39,7 +39,8 @@ def read_eval_perts(fpath: str, pert_names: list[str], control_label: str) -> li
             raise ValueError(f"--eval_perts file {fpath} lists the control label {control_label!r}; controls are never held out")
         if label not in pert_names:
             raise ValueError(
-                f"--eval_perts file {fpath}: perturbation {label!r} has no cells in the h5ad files; close matches: {difflib.get_close_matches(label, pert_names, n=3, cutoff=0.5)}"
+                f"--eval_perts file {fpath}: perturbation {label!r} has no cells in the h5ad files; close matches: "
+                f"{difflib.get_close_matches(label, pert_names, n=3, cutoff=0.5)}"
             )
     return labels
 
@@ -93,7 +94,8 @@ def check_eval_contexts(eval_contexts: list[str], context_names: list[str]) -> l
     for name in eval_contexts:
         if name not in context_names:
             raise ValueError(
-                f"--eval_contexts: context {name!r} has no cells in the h5ad files; contexts: {context_names}, close matches: {difflib.get_close_matches(name, context_names, n=3, cutoff=0.5)}"
+                f"--eval_contexts: context {name!r} has no cells in the h5ad files; contexts: {context_names}, close matches: "
+                f"{difflib.get_close_matches(name, context_names, n=3, cutoff=0.5)}"
             )
     return sorted(set(eval_contexts))
 
@@ -110,7 +112,8 @@ def draw_eval_perts(
         candidates = [pert_names[p] for p in sorted(in_eval & elsewhere)]
         if len(candidates) < 2:
             raise ValueError(
-                f"--eval_contexts {eval_contexts}: {len(candidates)} perturbations have cells both there and in another context; need at least 2 to hold some out and train on the rest"
+                f"--eval_contexts {eval_contexts}: {len(candidates)} perturbations have cells both there and in another context; "
+                "need at least 2 to hold some out and train on the rest"
             )
     n_eval = max(1, round(eval_frac * len(candidates)))
     if n_eval >= len(candidates):

@@ -1,9 +1,13 @@
-"""Read cells from `.h5ad` files with h5py: validated obs columns, var genes, fast row reads, count transforms, and the gene maps of `cells.genes` applied to the reads.
+"""Read cells from `.h5ad` files with h5py: validated obs columns, var genes, fast row reads, count transforms,
+and the gene maps of `cells.genes` applied to the reads.
 
-Why not AnnData backed mode: `adata[idx].X` on a shuffled file issues one HDF5 read per row and tops out near 20 sets/s. Here `X/indptr` stays in RAM and the nonzeros of all requested rows are gathered in one vectorised step, in order of preference from:
+Why not AnnData backed mode: `adata[idx].X` on a shuffled file issues one HDF5 read per row and tops out near 20 sets/s. Here `X/indptr` stays in RAM and the
+nonzeros of all requested rows are gathered in one vectorised step, in order of preference from:
 - `memory`: `X/data` and `X/indices` loaded once (`in_memory=True`, or the only fast route for a compressed file);
-- `memmap`: uncompressed datasets read through a numpy memmap of the file at the byte offsets HDF5 reports for each chunk, which bypasses the ~15 us per-call cost of the HDF5 read path;
-- `h5py`: compressed or otherwise unaddressable datasets: sorted rows merged into runs, runs closer than a chunk coalesced into one read, behind an LRU row cache (a row read there costs a chunk decode).
+- `memmap`: uncompressed datasets read through a numpy memmap of the file at the byte offsets HDF5 reports for each chunk, which bypasses the ~15 us per-call
+  cost of the HDF5 read path;
+- `h5py`: compressed or otherwise unaddressable datasets: sorted rows merged into runs, runs closer than a chunk coalesced into one read, behind an LRU row
+  cache (a row read there costs a chunk decode).
 
 Shape letters: n requested rows, g genes (the file's unless said otherwise), m nonzero elements, k chunks.
 """
@@ -110,7 +114,9 @@ class _NotMappable(Exception):
 class ChunkedMemmap:
     """Read ranges of an uncompressed 1-D HDF5 dataset through memmaps of the file at each chunk's byte offset.
 
-    HDF5 interleaves B-tree nodes between chunks, so chunks are not one contiguous block even when written in one call: a range is split at chunk boundaries and each piece is read at `chunk_base[k] + offset` of a memmap that starts at the chunk's byte residue modulo the item size (one memmap when all chunks share it, the usual case).
+    HDF5 interleaves B-tree nodes between chunks, so chunks are not one contiguous block even when written in one call: a range is split at chunk boundaries and
+    each piece is read at `chunk_base[k] + offset` of a memmap that starts at the chunk's byte residue modulo the item size (one memmap when all chunks share
+    it, the usual case).
     """
 
     def __init__(self, fpath: str, ds: h5py.Dataset) -> None:
@@ -302,7 +308,8 @@ class H5adFile:
                 self.backend = "h5py"
                 if compressed:
                     log.warning(
-                        "%s: X is compressed; every random row read inflates a whole chunk. Pass --h5ad_in_memory to decode it once if it fits in RAM, or rewrite it uncompressed.",
+                        "%s: X is compressed; every random row read inflates a whole chunk. Pass --h5ad_in_memory to decode it once if it fits in RAM, "
+                        "or rewrite it uncompressed.",
                         self.fpath,
                     )
         self._log("%s: %d cells x %d genes, %s X, read via %s", self.fpath, self.n_cells, self.n_genes_file, "CSR" if self.sparse else "dense", self.backend)
@@ -325,12 +332,14 @@ class H5adFile:
         n_bad = int(np.sum(~np.isfinite(values)))
         if n_bad:
             raise ValueError(
-                f"{self.fpath}: X holds nan or inf values ({n_bad} of {len(values)} sampled values); clean the matrix (e.g. np.nan_to_num) and save the file again: no transform makes them trainable"
+                f"{self.fpath}: X holds nan or inf values ({n_bad} of {len(values)} sampled values); clean the matrix (e.g. np.nan_to_num) and save the file "
+                "again: no transform makes them trainable"
             )
         values = values[values != 0]
         if len(values) == 0:
             raise ValueError(
-                f"{self.fpath}: cannot tell raw counts from log1p data: the sampled values of X are all zero; pass --h5ad_transform log1p (raw counts) or none (already normalized)"
+                f"{self.fpath}: cannot tell raw counts from log1p data: the sampled values of X are all zero; pass --h5ad_transform log1p (raw counts) or "
+                "none (already normalized)"
             )
         is_integer = bool(np.all(values == np.round(values)))
         vmin, vmax = float(values.min()), float(values.max())
@@ -343,7 +352,8 @@ class H5adFile:
             self._log("%s: X looks log1p-normalized already (non-integer, max %.3g): no transform", self.fpath, vmax)
             return "none"
         raise ValueError(
-            f"{self.fpath}: cannot tell raw counts from log1p data (sampled {len(values)} nonzeros: {'integers' if is_integer else 'non-integers'}, min {vmin:g}, max {vmax:g}); pass --h5ad_transform log1p (raw counts: normalize_total + log1p) or none (use X as stored)"
+            f"{self.fpath}: cannot tell raw counts from log1p data (sampled {len(values)} nonzeros: {'integers' if is_integer else 'non-integers'}, "
+            f"min {vmin:g}, max {vmax:g}); pass --h5ad_transform log1p (raw counts: normalize_total + log1p) or none (use X as stored)"
         )
 
     def set_gene_map(self, gene_map: GeneMap | None) -> None:

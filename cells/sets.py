@@ -1,8 +1,13 @@
 """Cell-set batches from `.h5ad` files: (context, perturbation) groups, matched control sets, held-out perturbations, per-process splits, background prefetch.
 
-One example is a set of `cells_per_set` perturbed cells of one (file, context, perturbation) group plus a control set of the same size drawn from the controls of the same file and context (cell-load's `random` mapping: controls are never matched across files). Batches follow the cell-set batch contract of DESIGN.md: `ctrl` and `target` float32 [b, s, g], `pert` and `cell_line` int64 [b], `_mask` bool [b].
+One example is a set of `cells_per_set` perturbed cells of one (file, context, perturbation) group plus a control set of the same size drawn from the controls
+of the same file and context (cell-load's `random` mapping: controls are never matched across files). Batches follow the cell-set batch contract of DESIGN.md:
+`ctrl` and `target` float32 [b, s, g], `pert` and `cell_line` int64 [b], `_mask` bool [b].
 
-Training: each group is shuffled and cut into sets every epoch (the last set of a group overlaps the one before it so no set repeats a cell; a group smaller than a set is sampled with replacement), the global list is shuffled with a generator keyed by (seed, epoch), and process i of n takes a disjoint slice. Eval: one fixed set per held-out group, dealt round-robin to processes and padded with `_mask=False` rows to whole batches, so every held-out group counts exactly once and every batch has one shape.
+Training: each group is shuffled and cut into sets every epoch (the last set of a group overlaps the one before it so no set repeats a cell; a group smaller
+than a set is sampled with replacement), the global list is shuffled with a generator keyed by (seed, epoch), and process i of n takes a disjoint slice. Eval:
+one fixed set per held-out group, dealt round-robin to processes and padded with `_mask=False` rows to whole batches, so every held-out group counts exactly
+once and every batch has one shape.
 
 Shape letters: b sets per batch, s cells per set, g genes, t sets in a list.
 """
@@ -36,7 +41,9 @@ from utils import settings
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2  # bounded: a batch of 16 sets x 2 x 512 cells x 18k genes is ~1.2 GB
-READ_THREADS = 1  # one reader thread already keeps ahead of a device step here; on 2 busy cores a second one cost more CPU per set than it saved (tools/bench_h5ad.py --read_threads)
+# one reader thread already keeps ahead of a device step here;
+# on 2 busy cores a second one cost more CPU per set than it saved (tools/bench_h5ad.py --read_threads)
+READ_THREADS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +68,8 @@ def _prefetch(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Read batches on a small thread pool, up to `depth` ahead, and yield them in order, so the training step never waits on file reads.
 
-    numpy's gathers, scipy's densify and HDF5 reads release the GIL, so the threads overlap reads with each other and with the device step; a read's exception surfaces in the consumer, and closing the iterator cancels what is queued.
+    numpy's gathers, scipy's densify and HDF5 reads release the GIL, so the threads overlap reads with each other and with the device step; a read's exception
+    surfaces in the consumer, and closing the iterator cancels what is queued.
     """
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cellset-read")
@@ -118,7 +126,8 @@ class CellSetData:
         self.steps_per_epoch = self.sets_per_process // batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"{self.n_train_sets} training sets of {s} cells cannot fill one batch of {batch_size} sets on each of {process_count} processes; lower --batch_size or --cells_per_set"
+                f"{self.n_train_sets} training sets of {s} cells cannot fill one batch of {batch_size} sets on each of {process_count} processes; "
+                "lower --batch_size or --cells_per_set"
             )
         self.n_small_train_groups = sum(len(g.rows) < s for g in self.train_groups)
         self.n_small_eval_groups = sum(len(g.rows) < s for g in self.eval_groups)
@@ -177,7 +186,8 @@ class CellSetData:
         return out
 
     def make_batch(self, sets: list[CellSet]) -> dict[str, torch.Tensor]:
-        """Read a list of sets into one contract batch, straight into the output buffer; with several files, sets are grouped by file (stable) so each file fills contiguous rows."""
+        """Read a list of sets into one contract batch, straight into the output buffer; with several files,
+        sets are grouped by file (stable) so each file fills contiguous rows."""
         sets = sorted(sets, key=lambda x: x.file_idx)
         b, s, g = len(sets), self.cells_per_set, self.n_genes
         buf_2bsg = np.empty((2, b, s, g), np.float32)  # [0] controls, [1] perturbed cells; every row is written by the reader
@@ -210,7 +220,8 @@ class CellSetData:
         assert not chunk, f"{len(chunk)} sets left over: set lists are whole batches by construction"
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches `start_step` to `steps_per_epoch` of this process for `epoch`, read ahead on background threads; skipped batches are never read (exact resume)."""
+        """Batches `start_step` to `steps_per_epoch` of this process for `epoch`, read ahead on background threads;
+        skipped batches are never read (exact resume)."""
         assert 0 <= start_step <= self.steps_per_epoch, (start_step, self.steps_per_epoch)
         sets = itertools.islice(self.iter_train_sets(epoch), start_step * self.batch_size, None)
         return _prefetch(self._chunks(sets), self.make_batch, self.prefetch, self.read_threads)
@@ -218,7 +229,9 @@ class CellSetData:
     def get_train_pert_mean(self, *, max_groups: int = 256, cells_per_group: int = 64) -> np.ndarray:
         """Mean over training perturbations of their pseudobulks, float64 [g]: cell-eval's mean-of-perturbations baseline.
 
-        Only the training groups of the eval contexts count (all contexts when perturbations are held out everywhere), so the baseline knows the held-out context as well as the model does. Estimated from up to `max_groups` groups (seeded) of up to `cells_per_group` cells each: a few thousand rows, cheap even for genome-wide screens.
+        Only the training groups of the eval contexts count (all contexts when perturbations are held out everywhere), so the baseline knows the held-out
+        context as well as the model does. Estimated from up to `max_groups` groups (seeded) of up to `cells_per_group` cells each: a few thousand rows, cheap
+        even for genome-wide screens.
         """
         eval_contexts = {g.context for g in self.eval_groups}
         pool = [g for g in self.train_groups if not eval_contexts or g.context in eval_contexts]
@@ -266,7 +279,8 @@ def _align_genes(files: list[h5ad.H5adFile], gene_vocab: str | None, log_info: C
         if sorted(keys) != sorted(other) or len(set(keys)) != len(keys):
             only_first, only_other = sorted(set(keys) - set(other)), sorted(set(other) - set(keys))
             raise ValueError(
-                f"{f.fpath} and {first.fpath} have different genes ({len(only_first)} only in the first, e.g. {only_first[:3]}; {len(only_other)} only in {f.fpath}, e.g. {only_other[:3]}); pass --gene_vocab to map all files onto one gene list"
+                f"{f.fpath} and {first.fpath} have different genes ({len(only_first)} only in the first, e.g. {only_first[:3]}; "
+                f"{len(only_other)} only in {f.fpath}, e.g. {only_other[:3]}); pass --gene_vocab to map all files onto one gene list"
             )
         f.set_gene_map(genes.make_gene_map(keys, f.gene_symbols, f.gene_ids, vocab_name=first.fpath, h5ad_fpath=f.fpath))
     return list(first.gene_symbols)
@@ -335,7 +349,9 @@ def make_cellset_data(
 ) -> CellSetData:
     """Open and validate the files, build groups and control pools, hold out perturbations, and return this process's `CellSetData`.
 
-    Held-out perturbations (`eval_perts` file or a seeded `eval_frac` of them) are held out in every context, or only in `eval_contexts` when given: then they stay in training in the other contexts (context transfer, as predicting a known perturbation in a new cell line), and `eval_frac` draws only among perturbations with cells in an eval context and in another one.
+    Held-out perturbations (`eval_perts` file or a seeded `eval_frac` of them) are held out in every context, or only in `eval_contexts` when given: then they
+    stay in training in the other contexts (context transfer, as predicting a known perturbation in a new cell line), and `eval_frac` draws only among
+    perturbations with cells in an eval context and in another one.
     """
     if not h5ad_paths:
         raise ValueError("--h5ad_path needs at least one .h5ad file")

@@ -1,8 +1,13 @@
 """Write a seeded, VCC-style perturbation `.h5ad` with known effects, streamed in chunks of cells.
 
-Counts are negative binomial (gamma-Poisson) around per-gene log-normal means, shifted per context and per batch, scaled by a per-cell size factor, and moved by each perturbation's sparse log2 fold changes (the target gene knocked down plus a few genes up or down). A perturbation's fold changes are shared by all contexts; with `context_effect_sd` > 0 each context scales each of them by its own log-normal factor, so a perturbation seen in one context predicts, but does not equal, its effect in another. Controls are labelled `non-targeting`. The true effects are stored in `uns['true_effects']` so tests and docs can check that they are recovered.
+Counts are negative binomial (gamma-Poisson) around per-gene log-normal means, shifted per context and per batch, scaled by a per-cell size factor, and moved by
+each perturbation's sparse log2 fold changes (the target gene knocked down plus a few genes up or down). A perturbation's fold changes are shared by all
+contexts; with `context_effect_sd` > 0 each context scales each of them by its own log-normal factor, so a perturbation seen in one context predicts, but does
+not equal, its effect in another. Controls are labelled `non-targeting`. The true effects are stored in `uns['true_effects']` so tests and docs can check that
+they are recovered.
 
-`obs`, `var` and `uns` are written by anndata; `X` is appended with h5py chunk by chunk (CSR arrays grow as resizable datasets, dense X is a preallocated contiguous dataset), so a 200k x 2k file needs only one chunk of cells in RAM. `anndata.read_h5ad` reads the result like any other file.
+`obs`, `var` and `uns` are written by anndata; `X` is appended with h5py chunk by chunk (CSR arrays grow as resizable datasets, dense X is a preallocated
+contiguous dataset), so a 200k x 2k file needs only one chunk of cells in RAM. `anndata.read_h5ad` reads the result like any other file.
 
 The command line is `python -m tools.simulate_h5ad OUT.h5ad --n_cells 200000 --n_genes 2000 --seed 0`.
 """
@@ -66,7 +71,8 @@ def simulate_h5ad(
         sim["umis_per_cell"] = umis_per_cell
     _write_obs_var(path, pert_labels, context_col, context_n, pert_n, batch_n, n_contexts, n_batches, symbols, gene_ids, effect_rows, sim)
 
-    # Drawn only when asked for, so files simulated without it stay byte for byte the same. Context c sees lfc_pg * scale_cpg[c] (signs kept); true_effects holds the shared lfc_pg.
+    # Drawn only when asked for, so files simulated without it stay byte for byte the same. Context c sees lfc_pg * scale_cpg[c] (signs kept); true_effects
+    # holds the shared lfc_pg.
     scale_cpg = np.exp(rng.normal(0.0, context_effect_sd, (n_contexts, *lfc_pg.shape))) if context_effect_sd > 0 else np.ones((n_contexts, 1, 1))
     lfc_cpg = lfc_pg[None] * scale_cpg
     means = (log_mu_g, context_shift_cg, batch_shift_bg, lfc_cpg, theta_g)
@@ -197,9 +203,11 @@ def _make_dense_writer(fd: h5py.File, n_cells: int, n_genes: int):
     return write
 
 
-# The embedded cell-set dataset: a seeded simulated screen, written on first use when `--h5ad_path` names this path (relative to the working directory, like `--output_dir`).
+# The embedded cell-set dataset: a seeded simulated screen, written on first use when `--h5ad_path` names this path (relative to the working directory, like
+# `--output_dir`).
 EMBEDDED_FPATH = os.path.join("data", "sim_vcc.h5ad")
-# 3 cell lines, 48 knock-downs that each move their target and 24 other genes of a 256-gene panel at ~2000 UMIs per cell; effects are shared by the cell lines up to a per-line scale (log-normal, sd 0.3).
+# 3 cell lines, 48 knock-downs that each move their target and 24 other genes of a 256-gene panel at ~2000 UMIs per cell; effects are shared by the cell lines
+# up to a per-line scale (log-normal, sd 0.3).
 EMBEDDED_KWARGS = {
     "n_cells": 60_000,
     "n_genes": 256,
@@ -227,7 +235,8 @@ def prepare_embedded(fpath: str) -> None:
         recorded = get_sim_params(fpath)
         if not recorded:
             raise ValueError(
-                f"{fpath} is the path of the embedded simulated screen but holds another file (no uns/simulation); move that file and pass its own path to --h5ad_path"
+                f"{fpath} is the path of the embedded simulated screen but holds another file (no uns/simulation); "
+                "move that file and pass its own path to --h5ad_path"
             )
         stale = {k: recorded.get(k) for k, v in EMBEDDED_KWARGS.items() if recorded.get(k) != v}
         if not stale:

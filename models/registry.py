@@ -47,7 +47,9 @@ _MISSING_RE = re.compile(r"missing \d+ required (?:positional|keyword-only) argu
 def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = None, hint: str = "") -> None:
     """Build `name` with `kwargs` on the meta device (no memory, no init cost) and turn a constructor TypeError into a ValueError that names the flag.
 
-    `flags` maps the constructor arguments the user set by flag to those flags (`img_size` -> `--img_size`), so the message says which flag to drop; other arguments come from the data, and `hint` says which kind of model fits it. Any other error of the meta build is left to the real build, which reports it with the real sizes.
+    `flags` maps the constructor arguments the user set by flag to those flags (`img_size` -> `--img_size`), so the message says which flag to drop; other
+    arguments come from the data, and `hint` says which kind of model fits it. Any other error of the meta build is left to the real build, which reports it
+    with the real sizes.
     """
     flags = flags or {}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -60,7 +62,8 @@ def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = N
             key = m.group(1)
             if key in flags:
                 raise ValueError(
-                    f"{flags[key]} {kwargs[key]} does not apply to model {name!r} (its constructor takes no {key!r}); drop {flags[key]}, or pick a model that takes it"
+                    f"{flags[key]} {kwargs[key]} does not apply to model {name!r} (its constructor takes no {key!r}); drop {flags[key]}, "
+                    "or pick a model that takes it"
                 ) from e
             raise ValueError(f"model {name!r} does not take {key!r}, which this data provides" + (f"; {hint}" if hint else "")) from e
         if m := _MISSING_RE.search(message):
@@ -73,7 +76,8 @@ def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = N
 
 
 def check_model_input(name: str, kwargs: dict, input_shape: tuple[int, ...]) -> None:
-    """One forward of `name` on the meta device with a batch of `input_shape` inputs: an input size the model refuses (a ViT built for another --img_size) fails at start-up, not in the first train step."""
+    """One forward of `name` on the meta device with a batch of `input_shape` inputs:
+    an input size the model refuses (a ViT built for another --img_size) fails at start-up, not in the first train step."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         with torch.device("meta"):
@@ -91,5 +95,6 @@ def check_model_input(name: str, kwargs: dict, input_shape: tuple[int, ...]) -> 
         if "meta" in text.lower():
             return  # an op without a meta kernel: says nothing about the input
         raise ValueError(
-            f"model {name!r} ({', '.join(f'{k}={v}' for k, v in kwargs.items())}) does not take the train images of shape {tuple(input_shape)} (c, h, w): {text}; make --img_size match the pp string's output size, or resize to the model's size in --big_vision_pp_train/--big_vision_pp_eval"
+            f"model {name!r} ({', '.join(f'{k}={v}' for k, v in kwargs.items())}) does not take the train images of shape {tuple(input_shape)} (c, h, w): "
+            f"{text}; make --img_size match the pp string's output size, or resize to the model's size in --big_vision_pp_train/--big_vision_pp_eval"
         ) from e

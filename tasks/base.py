@@ -38,7 +38,11 @@ class EvalAccumulator(Protocol):
 
 
 class Task(Protocol):
-    """What the engine calls; nothing else. `headline` names the task's main eval metric; `tracked` maps the metrics whose best value the checkpoint keeps (the headline among them) to whether higher is better."""
+    """What the engine calls; nothing else.
+
+    `headline` names the task's main eval metric; `tracked` maps the metrics whose best value the checkpoint keeps (the headline among them) to whether higher
+    is better.
+    """
 
     headline: str
     tracked: dict[str, bool]

@@ -122,7 +122,8 @@ class SetRecord:
 class CellSetAccumulator:
     """Collects one `SetRecord` per real eval set on the host; `result` groups the records of every process by (context, perturbation).
 
-    Holds every eval cell in host memory (eval sets only). With several processes `tasks.base.reduce_eval` gathers the records of all of them, so the metrics cover every held-out group exactly once.
+    Holds every eval cell in host memory (eval sets only). With several processes `tasks.base.reduce_eval` gathers the records of all of them, so the metrics
+    cover every held-out group exactly once.
     """
 
     def __init__(self, task: CellSetTask):

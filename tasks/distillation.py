@@ -58,7 +58,8 @@ class DistillConfig:
                 raise ValueError(f"--kd needs --{flag} (the teacher's model name and its trained weights)")
         if not fs.isfile(self.teacher_path):  # local or gs://
             raise ValueError(
-                f"--teacher_path {self.teacher_path!r} does not exist; pass a checkpoint-*.pt from a teacher run, a timm-style state dict or a .safetensors file"
+                f"--teacher_path {self.teacher_path!r} does not exist; "
+                "pass a checkpoint-*.pt from a teacher run, a timm-style state dict or a .safetensors file"
             )
 
     def make_loss(self, label_smoothing: float) -> DistillationLoss:

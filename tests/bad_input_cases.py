@@ -20,7 +20,8 @@ needs_kd = pytest.mark.skipif(not _has_flag("--teacher_path"), reason="--kd flag
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
-    """Inputs the rows point at: a YAML with a typo, a teacher checkpoint of tiny_cnn, a used output dir, a dir of corrupt checkpoints, an h5ad file and a gene vocab from another species."""
+    """Inputs the rows point at: a YAML with a typo, a teacher checkpoint of tiny_cnn, a used output dir, a dir of corrupt checkpoints,
+    an h5ad file and a gene vocab from another species."""
     dpath = tmp_path_factory.mktemp("bad_inputs")
     paths = {"tmp": str(dpath)}
     paths["yaml"] = str(dpath / "recipe.yaml")
@@ -199,7 +200,8 @@ CASES = [
     (
         "output_dir_of_another_run",
         lambda d, f: ["--tfds_data_dir", d, "--output_dir", f["used"]],
-        r"--output_dir '.*used' already holds checkpoints \(newest checkpoint-00000040.pt\) of an earlier run; add --resume auto to continue it, or pick a new --output_dir",
+        r"--output_dir '.*used' already holds checkpoints \(newest checkpoint-00000040.pt\) of an earlier run; add --resume auto to continue it, "
+        r"or pick a new --output_dir",
         (),
     ),
     ("yaml_unknown_key", lambda d, f: ["--config", f["yaml"]], r"unknown key 'lrr' in .*recipe.yaml; did you mean 'lr'\?", ()),
@@ -226,7 +228,8 @@ CASES = [
     (
         "resume_weights_only",
         lambda d, f: ["--tfds_data_dir", d, "--model", "tiny_cnn", "--resume", f["teacher"]],
-        r"--resume '.*teacher.pt' is not a training checkpoint of main.py \(no optimizer, position, rng\); to start from its weights pass it as --init_checkpoint",
+        r"--resume '.*teacher.pt' is not a training checkpoint of main.py \(no optimizer, position, rng\); "
+        r"to start from its weights pass it as --init_checkpoint",
         (),
     ),
     (

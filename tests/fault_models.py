@@ -1,10 +1,12 @@
-"""Test-only models that misbehave on purpose, registered on import as `tests.fault_models` (in pytest and in `python -c "import tests.fault_models, main; ..."` subprocesses).
+"""Test-only models that misbehave on purpose, registered on import as `tests.fault_models`
+(in pytest and in `python -c "import tests.fault_models, main; ..."` subprocesses).
 
 All are `tiny_cnn` (same parameters, same initialisation for the same seed), so their checkpoints compare with each other:
 - `slow_tiny_cnn`: sleeps `$FAULT_SLOW_STEP_S` seconds (default 0) in every train-mode forward, so a test can signal a subprocess mid-epoch.
 - `inf_tiny_cnn`: returns inf logits from its `INF_FROM_FORWARD`-th train-mode forward on (a diverging run).
 - `sigint_tiny_cnn`: sends SIGINT to its own process during its `SIGINT_AT_FORWARD`-th train-mode forward (a Ctrl-C in the middle of a step).
-- `sigterm_rank1_tiny_cnn`: sends SIGTERM to its own process during its `SIGINT_AT_FORWARD`-th train-mode forward, on torchrun rank 1 only (one process of several preempted).
+- `sigterm_rank1_tiny_cnn`: sends SIGTERM to its own process during its `SIGINT_AT_FORWARD`-th train-mode forward, on torchrun rank 1 only (one process of
+  several preempted).
 """
 
 import os

@@ -1,6 +1,7 @@
 """Bad inputs fail at start-up with exit code 2 and one line that names the bad value and the fix, never a traceback.
 
-Rows run `main.cli` in-process (what `python main.py` runs, minus ten seconds of imports); the SPMD row needs its own process (a device count, and SPMD mode is process-wide), which also checks the real `__main__` path.
+Rows run `main.cli` in-process (what `python main.py` runs, minus ten seconds of imports); the SPMD row needs its own process (a device count, and SPMD mode is
+process-wide), which also checks the real `__main__` path.
 """
 
 import os
@@ -127,7 +128,8 @@ def _limit_file_size() -> None:
 
 
 def test_full_disk_at_checkpoint_time_exits_4_and_keeps_the_earlier_checkpoint(digits_dir, tmp_path):
-    """small_cnn's checkpoint (~2 MB with AdamW state) cannot be written under the limit: one `error:` line naming the file and the free space, exit 4, no traceback."""
+    """small_cnn's checkpoint (~2 MB with AdamW state) cannot be written under the limit:
+    one `error:` line naming the file and the free space, exit 4, no traceback."""
     out = tmp_path / "out"
     argv = [
         sys.executable,
@@ -153,7 +155,8 @@ def test_full_disk_at_checkpoint_time_exits_4_and_keeps_the_earlier_checkpoint(d
 
 
 def test_default_warmup_fits_short_runs():
-    """Without --warmup_epochs a 1-epoch run still reaches the peak LR: the default warm-up is 2 epochs but at most 20% of the run, and args.yaml records the value used."""
+    """Without --warmup_epochs a 1-epoch run still reaches the peak LR: the default warm-up is 2 epochs but at most 20% of the run,
+    and args.yaml records the value used."""
     assert main.parse_args(["--epochs", "1"]).warmup_epochs == pytest.approx(0.2)
     assert main.parse_args(["--epochs", "5"]).warmup_epochs == pytest.approx(1.0)
     assert main.parse_args(["--epochs", "15"]).warmup_epochs == 2.0

@@ -1,4 +1,5 @@
-"""End to end through main.py on simulated `.h5ad` cell sets: CPU eager and the XLA (PJRT CPU) device, resume position, the embedded simulated screen, and clear errors on bad inputs."""
+"""End to end through main.py on simulated `.h5ad` cell sets: CPU eager and the XLA (PJRT CPU) device, resume position, the embedded simulated screen,
+and clear errors on bad inputs."""
 
 import logging
 import math

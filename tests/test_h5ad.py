@@ -1,4 +1,5 @@
-"""The h5ad cell-set pipeline on real `.h5ad` files written in a temp dir: exact reads, transforms, validation messages, gene vocab maps, set sampling and per-process splits."""
+"""The h5ad cell-set pipeline on real `.h5ad` files written in a temp dir: exact reads, transforms, validation messages, gene vocab maps,
+set sampling and per-process splits."""
 
 import collections
 

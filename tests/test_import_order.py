@@ -17,7 +17,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_tf_import_brings_torch_xla_first_and_xla_then_works():
     r = _run(
-        "import sys\nfrom utils.tf_import import tf\nassert list(sys.modules).index('torch_xla') < list(sys.modules).index('tensorflow')\nfrom utils.device import make_runtime\nrt = make_runtime('xla')\nimport torch\nprint('ok', (torch.ones(2, device=rt.device) * 2).sum().item())"
+        "import sys\nfrom utils.tf_import import tf\nassert list(sys.modules).index('torch_xla') < list(sys.modules).index('tensorflow')\n"
+        "from utils.device import make_runtime\nrt = make_runtime('xla')\nimport torch\nprint('ok', (torch.ones(2, device=rt.device) * 2).sum().item())"
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ok 4.0" in r.stdout

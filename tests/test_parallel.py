@@ -1,6 +1,7 @@
 """Data parallel runtimes agree with one device at the same global batch.
 
-- SPMD data parallel and FSDPv2 on 4 virtual PJRT CPU devices (CPU_NUM_DEVICES=4, one process): per-step losses equal the single-device run, FSDPv2's checkpoint loads into a plain model.
+- SPMD data parallel and FSDPv2 on 4 virtual PJRT CPU devices (CPU_NUM_DEVICES=4, one process): per-step losses equal the single-device run, FSDPv2's checkpoint
+  loads into a plain model.
 - torchrun + DDP with 2 CPU processes (gloo) equals 1 process.
 Each run is a fresh subprocess: SPMD and the device count are fixed per process.
 """
@@ -29,7 +30,8 @@ def _run(cmd: list[str], env_extra: dict[str, str], timeout_s: float) -> subproc
 
 
 def _assert_same_weights(got: dict, want: dict, lr: float) -> None:
-    """Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise can flip its sign and move that one weight by up to ~lr, so the bulk is compared tightly and the worst element against the LR."""
+    """Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise can flip its sign and move that one weight by up to ~lr,
+    so the bulk is compared tightly and the worst element against the LR."""
     for k, v in want.items():
         diff = (got[k].double() - v.double()).abs()
         assert diff.mean() < 5e-6 and diff.max() <= lr, (

@@ -1,4 +1,5 @@
-"""Preemption-safe training: SIGTERM/SIGINT stop after a whole step with a checkpoint, resume is exact, corrupt checkpoints are skipped loudly, divergence keeps the last good checkpoint, gs://-style output dirs work through gfile."""
+"""Preemption-safe training: SIGTERM/SIGINT stop after a whole step with a checkpoint, resume is exact, corrupt checkpoints are skipped loudly,
+divergence keeps the last good checkpoint, gs://-style output dirs work through gfile."""
 
 import logging
 import os
@@ -79,8 +80,8 @@ def test_sigterm_mid_epoch_checkpoints_then_resume_matches_the_uninterrupted_run
     step = steps[0]
     fpath = ckpt.get_checkpoint_fpath(str(out), step)
     assert (
-        f"stopped: stopped by SIGTERM after step {step} (epoch 1, step {step} of {STEPS_PER_EPOCH}); checkpoint {fpath}; to continue, rerun the same command with --resume auto --output_dir {out}"
-        in stderr
+        f"stopped: stopped by SIGTERM after step {step} (epoch 1, step {step} of {STEPS_PER_EPOCH}); checkpoint {fpath}; to continue, "
+        f"rerun the same command with --resume auto --output_dir {out}" in stderr
     )
     assert f"--resume auto --output_dir {out}" in stderr.splitlines()[-1], "the last line is the command that continues the run"
     assert ckpt.load_file(fpath)["position"] == {"epoch": 0, "step_in_epoch": step, "global_step": step}
@@ -226,7 +227,8 @@ def test_random_pp_batches_replay_exactly_from_any_start_step(digits_dir):
 
 @pytest.mark.slow
 def test_torchrun_processes_agree_on_the_stop_step(digits_dir, tmp_path):
-    """SIGTERM reaches rank 1 only (during step 3); the flag is summed over processes at the next log point (step 4), both stop there and rank 0 saves step 4."""
+    """SIGTERM reaches rank 1 only (during step 3); the flag is summed over processes at the next log point (step 4),
+    both stop there and rank 0 saves step 4."""
     out = tmp_path / "ddp"
     argv = [*_argv(digits_dir, out, "--model", "sigterm_rank1_tiny_cnn", "--mixup", "0", "--log_every", "4")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.fault_main", *argv]
@@ -248,7 +250,8 @@ def test_resuming_a_finished_run_only_evaluates(digits_dir, full_run, tmp_path):
 
 
 def test_second_sigint_while_stopping_exits_at_once_without_a_checkpoint(digits_dir, tmp_path):
-    """`python main.py`: Ctrl-C twice during a step stops at once (exit 130, one `stopped:` line), never swallowed by TF's clean-up, and no half-written checkpoint stays behind."""
+    """`python main.py`: Ctrl-C twice during a step stops at once (exit 130, one `stopped:` line), never swallowed by TF's clean-up,
+    and no half-written checkpoint stays behind."""
     from tests import proc
 
     out = tmp_path / "twice"

@@ -40,7 +40,8 @@ def to_cpu(obj):
 def get_rng_state() -> dict:
     """RNG states of python, numpy and torch (CPU, and CUDA when present), as types `weights_only=True` can load.
 
-    The XLA device's RNG is the runtime's (`Runtime.get_rng_state`). TensorFlow keeps no state worth saving: random pp ops in the train pipeline are stateless, keyed by (seed, epoch, example index), see `big_vision.input_pipeline`.
+    The XLA device's RNG is the runtime's (`Runtime.get_rng_state`). TensorFlow keeps no state worth saving: random pp ops in the train pipeline are stateless,
+    keyed by (seed, epoch, example index), see `big_vision.input_pipeline`.
     """
     np_state = np.random.get_state()
     state = {
@@ -99,7 +100,8 @@ def save_checkpoint(state: dict, output_dpath: str, step: int, keep_last: int = 
         if os_error is None:
             raise  # torch.save's RuntimeErrors that no failed write caused are bugs
         raise OutputWriteError(
-            f"could not write checkpoint {fpath} ({first_line(os_error)}{_free_space(output_dpath)}); the earlier checkpoints in {output_dpath} are intact: free space or fix permissions, then rerun with --resume auto"
+            f"could not write checkpoint {fpath} ({first_line(os_error)}{_free_space(output_dpath)}); the earlier checkpoints in {output_dpath} are intact: "
+            "free space or fix permissions, then rerun with --resume auto"
         ) from e
     # Only now, with the new file complete under its final name, may older ones go.
     if keep_last > 0:
@@ -177,7 +179,8 @@ def find_resume(resume: str, output_dpath: str) -> tuple[str, dict] | None:
         return fpath, state
     if bad:
         raise ValueError(
-            f"--resume auto: none of the {len(bad)} checkpoint(s) in {output_dpath} loads ({', '.join(bad)}); delete them to start over, or pass --resume PATH to a good copy"
+            f"--resume auto: none of the {len(bad)} checkpoint(s) in {output_dpath} loads ({', '.join(bad)}); delete them to start over, "
+            "or pass --resume PATH to a good copy"
         )
     log.info("--resume auto: no checkpoint in %s, starting from scratch", output_dpath)
     return None
@@ -190,7 +193,8 @@ def check_resume_path(resume: str) -> None:
 
 
 def check_writable_dir(dpath: str, what: str = "--output_dir") -> None:
-    """Create `dpath` and write, fsync and delete a probe file in it: a path that is a file, a read-only filesystem or missing permissions fail here, in a second, not at the first checkpoint."""
+    """Create `dpath` and write, fsync and delete a probe file in it: a path that is a file, a read-only filesystem or missing permissions fail here,
+    in a second, not at the first checkpoint."""
     if fs.is_remote(dpath):
         fs.makedirs(dpath)
         return
@@ -218,13 +222,15 @@ def check_output_dir(resume: str, output_dpath: str) -> None:
     newest = os.path.basename(found[0][1])
     if not resume:
         raise ValueError(
-            f"--output_dir {output_dpath!r} already holds checkpoints (newest {newest}) of an earlier run; add --resume auto to continue it, or pick a new --output_dir to start over"
+            f"--output_dir {output_dpath!r} already holds checkpoints (newest {newest}) of an earlier run; add --resume auto to continue it, "
+            "or pick a new --output_dir to start over"
         )
     step = get_checkpoint_step(resume) if resume != "auto" else None
     newer = [os.path.basename(f) for s, f in found if step is not None and s > step]
     if newer:
         raise ValueError(
-            f"--output_dir {output_dpath!r} holds checkpoints newer than --resume {resume!r} (step {step}): {', '.join(newer)}; a later --resume auto would take those, not this run's. Resume into a new --output_dir, or delete them"
+            f"--output_dir {output_dpath!r} holds checkpoints newer than --resume {resume!r} (step {step}): {', '.join(newer)}; "
+            "a later --resume auto would take those, not this run's. Resume into a new --output_dir, or delete them"
         )
 
 
@@ -259,6 +265,7 @@ def load_model_state(model: torch.nn.Module, sd: dict, source: str, strict: bool
     unexpected = [k for k in sd if k not in own]
     if mismatched or (strict and (missing or unexpected)):
         raise ValueError(
-            f"{what} weights in {source} do not match the architecture (another model name, --num_classes or --img_size?): size mismatches {_first(mismatched)}, missing keys {_first(missing)}, unexpected keys {_first(unexpected)}"
+            f"{what} weights in {source} do not match the architecture (another model name, --num_classes or --img_size?): "
+            f"size mismatches {_first(mismatched)}, missing keys {_first(missing)}, unexpected keys {_first(unexpected)}"
         )
     model.load_state_dict(sd, strict=False)

@@ -150,10 +150,14 @@ class Runtime:
         return None
 
     def describe(self) -> str:
-        return f"{self.kind} ({self.device}), parallel {self.parallel}, process {self.rank} of {self.world_size}, {self.n_devices} device(s) for the global batch, precision {self.precision}"
+        return (
+            f"{self.kind} ({self.device}), parallel {self.parallel}, process {self.rank} of {self.world_size}, {self.n_devices} device(s) for the global "
+            f"batch, precision {self.precision}"
+        )
 
     def close(self) -> None:
-        """End of the run: tear down what this runtime set up (the default process group under torchrun); once per process, nothing runs on the runtime afterwards."""
+        """End of the run: tear down what this runtime set up (the default process group under torchrun); once per process,
+        nothing runs on the runtime afterwards."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -221,7 +225,8 @@ class XlaRuntime(Runtime):
         self._xm.wait_device_ops()
 
     def close(self):
-        # XLA runs asynchronously: queued executions finish before teardown starts. close() runs in main.py's `finally`, so a failure here is logged, never raised over an exception that may already be on its way out.
+        # XLA runs asynchronously: queued executions finish before teardown starts. close() runs in main.py's `finally`, so a failure here is logged, never
+        # raised over an exception that may already be on its way out.
         try:
             self._xm.wait_device_ops()
         except Exception:
@@ -303,7 +308,11 @@ class SpmdRuntime(XlaRuntime):
 class DdpRuntime(Runtime):
     """torchrun + DistributedDataParallel on CUDA (nccl) or CPU (gloo).
 
-    The runtime owns teardown order. A DDP wrapper's C++ Reducer holds a reference to the process group; if the Reducer is the last holder (the wrapper freed after `destroy_process_group`), `~ProcessGroupGloo` runs inside the Reducer's pybind dealloc with the GIL held and joins the gloo worker threads, while a worker that is destroying the last finished collective (its tensors have Python objects) waits for the GIL: a deadlock at exit (5 of 20 runs of tests/ddp_worker.py on 2 CPU cores; tools/stress_ddp_teardown.py counts them). So `close()` drops every wrapper's Reducer while the process group is still registered, and the last reference goes with `destroy_process_group`, whose ProcessGroup binding releases the GIL before destructing.
+    The runtime owns teardown order. A DDP wrapper's C++ Reducer holds a reference to the process group; if the Reducer is the last holder (the wrapper freed
+    after `destroy_process_group`), `~ProcessGroupGloo` runs inside the Reducer's pybind dealloc with the GIL held and joins the gloo worker threads, while a
+    worker that is destroying the last finished collective (its tensors have Python objects) waits for the GIL: a deadlock at exit (5 of 20 runs of
+    tests/ddp_worker.py on 2 CPU cores; tools/stress_ddp_teardown.py counts them). So `close()` drops every wrapper's Reducer while the process group is still
+    registered, and the last reference goes with `destroy_process_group`, whose ProcessGroup binding releases the GIL before destructing.
     """
 
     def __init__(self, kind: str, precision: str = "fp32"):
@@ -331,7 +340,8 @@ class DdpRuntime(Runtime):
                 torch.cuda.synchronize(self.device)  # the last NCCL kernels are done before their communicator goes
             except Exception:  # as XlaRuntime.close: never raise over the exception main.py's `finally` may be handling
                 log.exception("waiting for the CUDA device at exit failed")
-        # No barrier: on an error path (close() runs in main.py's `finally`) a peer may sit in another collective, and a barrier would pair with it and hang until the process-group timeout; every collective we issue is waited for where it is issued, and DDP waits for its gradient buckets within backward.
+        # No barrier: on an error path (close() runs in main.py's `finally`) a peer may sit in another collective, and a barrier would pair with it and hang
+        # until the process-group timeout; every collective we issue is waited for where it is issued, and DDP waits for its gradient buckets within backward.
         for ddp in list(self._ddp_models):
             # What DDP holds that is bound to the process group: the same three attributes its __getstate__ drops. The logger holds the Reducer too.
             ddp.logger = ddp.reducer = ddp.process_group = None

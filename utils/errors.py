@@ -2,8 +2,11 @@
 
 The CLI (`main.cli`, through `get_exit_code` and `report`) maps exceptions to exit codes by type, never by where in the code they were raised:
 
-- `UserError` and its subclasses carry their own exit code and a one-line message that names the bad value and the fix. They may be raised at any point: a corrupt record found mid-epoch is still bad input, a full disk at checkpoint time is still an output problem.
-- Inside `startup()` (flags, paths, data, model, optimizer, resume: everything before the first train step) the checks of every component raise plain `ValueError` / `FileNotFoundError` (and the set-up errors listed in `STARTUP_TYPES`); `startup()` turns them into `BadInputError`. The same types raised once training runs are bugs and keep their traceback.
+- `UserError` and its subclasses carry their own exit code and a one-line message that names the bad value and the fix. They may be raised at any point: a
+  corrupt record found mid-epoch is still bad input, a full disk at checkpoint time is still an output problem.
+- Inside `startup()` (flags, paths, data, model, optimizer, resume: everything before the first train step) the checks of every component raise plain
+  `ValueError` / `FileNotFoundError` (and the set-up errors listed in `STARTUP_TYPES`); `startup()` turns them into `BadInputError`. The same types raised once
+  training runs are bugs and keep their traceback.
 """
 
 import contextlib
@@ -63,7 +66,9 @@ def startup() -> Iterator[None]:
 def get_exit_code(e: BaseException) -> int | None:
     """The exit code of an expected way to stop; None for a bug, which keeps its traceback.
 
-    Decided by type alone: a `UserError` (every start-up check, turned into one by `startup`; bad data, divergence and failed writes found while training) carries its code, and so does a stop signal (`utils.preemption.TrainingStopped`: 128 + the signal number). Any other exception is a bug, wherever it was raised.
+    Decided by type alone: a `UserError` (every start-up check, turned into one by `startup`; bad data, divergence and failed writes found while training)
+    carries its code, and so does a stop signal (`utils.preemption.TrainingStopped`: 128 + the signal number). Any other exception is a bug, wherever it was
+    raised.
     """
     from utils.preemption import TrainingStopped
 

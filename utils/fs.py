@@ -1,6 +1,8 @@
 """Files that may be local or remote: `gs://bucket/dir` (or any `scheme://` path TensorFlow's gfile knows, `file://` included).
 
-Local paths use `os` directly (fsync, atomic rename). Remote paths go through `tf.io.gfile`, imported only when a remote path is used (through `utils.tf_import`, which keeps TensorFlow after torch_xla). GCS has no rename: `gfile.rename` copies then deletes, and an object only appears once its upload is complete, so a reader never sees half a file under the final name either way.
+Local paths use `os` directly (fsync, atomic rename). Remote paths go through `tf.io.gfile`, imported only when a remote path is used (through
+`utils.tf_import`, which keeps TensorFlow after torch_xla). GCS has no rename: `gfile.rename` copies then deletes, and an object only appears once its upload is
+complete, so a reader never sees half a file under the final name either way.
 """
 
 import io
@@ -80,7 +82,8 @@ def open_bytes(path: str) -> IO[bytes]:
 def write_atomic(fpath: str, write_fn: Callable[[IO[bytes]], None]) -> None:
     """Write `fpath` so it appears only once complete: a temp name in the same dir, flushed and fsynced, then renamed.
 
-    Remote: written to a local temp file, copied next to `fpath` under a temp name, then renamed. A crash at any point leaves at most a `*.tmp.*` file behind, never a truncated `fpath`.
+    Remote: written to a local temp file, copied next to `fpath` under a temp name, then renamed. A crash at any point leaves at most a `*.tmp.*` file behind,
+    never a truncated `fpath`.
     """
     dpath = os.path.dirname(fpath)
     tmp_fpath = f"{fpath}.tmp.{os.getpid()}"

@@ -9,7 +9,11 @@ order again before it imports torch_xla, so a wrong order is a clear error inste
 import importlib.util
 import sys
 
-TF_FIRST_MESSAGE = "tensorflow was imported before torch_xla in this process; importing torch_xla now would abort with 'LLVM ERROR: inconsistency in registered CommandLine options'. Import TensorFlow only through utils.tf_import (which imports torch_xla first), or create the XLA runtime before building the input pipeline."
+TF_FIRST_MESSAGE = (
+    "tensorflow was imported before torch_xla in this process; importing torch_xla now would abort with 'LLVM ERROR: "
+    "inconsistency in registered CommandLine options'. Import TensorFlow only through utils.tf_import (which imports torch_xla first), "
+    "or create the XLA runtime before building the input pipeline."
+)
 
 
 class ImportOrderError(RuntimeError):

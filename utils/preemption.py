@@ -1,10 +1,17 @@
 """Stop cleanly on SIGTERM (preemption, `kill`, a scheduler's timeout) and SIGINT (Ctrl-C).
 
-`StopSignals` is a context manager that `Trainer.fit` holds: it replaces the SIGTERM and SIGINT handlers with one that only records the signal, and puts the previous handlers back on exit. The loop finishes the step it is in, agrees with the other processes on a stop step, writes a checkpoint, and raises `TrainingStopped`; the CLI turns that into one line and exit code 128 + signal number (143 for SIGTERM, 130 for SIGINT), like a shell does for a process killed by that signal.
+`StopSignals` is a context manager that `Trainer.fit` holds: it replaces the SIGTERM and SIGINT handlers with one that only records the signal, and puts the
+previous handlers back on exit. The loop finishes the step it is in, agrees with the other processes on a stop step, writes a checkpoint, and raises
+`TrainingStopped`; the CLI turns that into one line and exit code 128 + signal number (143 for SIGTERM, 130 for SIGINT), like a shell does for a process killed
+by that signal.
 
-A second signal while the first is being handled stops at once, without a checkpoint. In the program (`python main.py`, which calls `set_exit_at_once(True)`) that is `os._exit(128 + signum)` after one `stopped:` line: a KeyboardInterrupt could land inside TensorFlow's clean-up or a `__del__`, where Python only prints `Exception ignored` and goes on. The program also keeps exit-at-once handlers after training (checkpointing, shut-down): nothing is left to save then. Used as a library (tests, notebooks), the previous handlers are restored and the second signal delivered to them instead (Ctrl-C: a KeyboardInterrupt).
+A second signal while the first is being handled stops at once, without a checkpoint. In the program (`python main.py`, which calls `set_exit_at_once(True)`)
+that is `os._exit(128 + signum)` after one `stopped:` line: a KeyboardInterrupt could land inside TensorFlow's clean-up or a `__del__`, where Python only prints
+`Exception ignored` and goes on. The program also keeps exit-at-once handlers after training (checkpointing, shut-down): nothing is left to save then. Used as a
+library (tests, notebooks), the previous handlers are restored and the second signal delivered to them instead (Ctrl-C: a KeyboardInterrupt).
 
-Handlers can only be installed from the main thread (a Python rule); from another thread `StopSignals` does nothing and training cannot be stopped by a signal (logged once). A signal that is ignored when training starts (SIG_IGN) stays ignored.
+Handlers can only be installed from the main thread (a Python rule); from another thread `StopSignals` does nothing and training cannot be stopped by a signal
+(logged once). A signal that is ignored when training starts (SIG_IGN) stays ignored.
 """
 
 import logging

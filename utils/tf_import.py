@@ -1,6 +1,7 @@
 """Import TensorFlow safely next to torch_xla, and keep it off every accelerator.
 
-Use `from utils.tf_import import tf` instead of `import tensorflow as tf`. Importing it also applies the process set-up (`utils.process`: quiet TF logs, the NumPy read-only warning filter).
+Use `from utils.tf_import import tf` instead of `import tensorflow as tf`. Importing it also applies the process set-up (`utils.process`: quiet TF logs, the
+NumPy read-only warning filter).
 """
 
 import os
