@@ -181,10 +181,13 @@ def sinkhorn_divergence(
     check_sinkhorn(blur, n_iters, scaling)
     x_bng, y_bmg = _center(x_bng, y_bmg)
     b, n, m = x_bng.shape[0], x_bng.shape[1], y_bmg.shape[1]
-    c_xy = 0.5 * pairwise_sq_dists(x_bng, y_bmg)
-    c_yx = c_xy.transpose(1, 2)
-    c_xx = 0.5 * pairwise_sq_dists(x_bng, x_bng)
-    c_yy = 0.5 * pairwise_sq_dists(y_bmg, y_bmg)
+    # Each potential is differentiated through its own points only (the cost's second argument detached, as geomloss does): the
+    # final update gives f(x_i) and g(y_j) each their own dependence on the points, and letting both potentials see x would count
+    # the envelope-theorem gradient sum_j pi_ij dC(x_i, y_j) / dx_i twice.
+    c_xy = 0.5 * pairwise_sq_dists(x_bng, y_bmg.detach())
+    c_yx = 0.5 * pairwise_sq_dists(y_bmg, x_bng.detach())
+    c_xx = 0.5 * pairwise_sq_dists(x_bng, x_bng.detach())
+    c_yy = 0.5 * pairwise_sq_dists(y_bmg, y_bmg.detach())
     log_a_bn = torch.full((b, n), -math.log(n), dtype=x_bng.dtype, device=x_bng.device)
     log_b_bm = torch.full((b, m), -math.log(m), dtype=x_bng.dtype, device=x_bng.device)
     eps_target_b = torch.full((b,), blur**2, dtype=x_bng.dtype, device=x_bng.device)
