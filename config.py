@@ -19,6 +19,7 @@ from engine import TrainConfig
 from losses import SetLossConfig
 from models import ModelConfig
 from optim_factory import OptimConfig
+from tasks.cellset import CellEvalConfig
 from tasks.classification import ClassificationConfig
 from tasks.distillation import DistillConfig
 from utils import settings
@@ -112,6 +113,15 @@ def get_args_parser() -> argparse.ArgumentParser:
             "Default: held out in every context (unseen perturbations)"
         ),
     )
+    g.add_argument(
+        "--cell_eval",
+        default="vcc",
+        help=(
+            "after training, predict every held-out group at its real size and score it with cell-eval itself, beside both baselines: "
+            "off | vcc (MAE, PDS, DES) | minimal | full (all of cell-eval's metrics)"
+        ),
+    )
+    g.add_argument("--cell_eval_threads", type=int, default=1, help="threads for cell-eval's differential expression")
 
     g = p.add_argument_group("MMD / set loss", "Per-set loss between predicted and observed cells (losses.make_set_loss)")
     g.add_argument("--set_loss", default="energy", help="energy | rbf | sinkhorn | mse (set means only)")
@@ -273,6 +283,7 @@ class Settings:
     ema: EmaConfig
     kd: DistillConfig
     set_loss: SetLossConfig
+    cell_eval: CellEvalConfig
     classification: ClassificationConfig
     resume: str = ""
     tensorboard: bool = True

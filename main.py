@@ -74,6 +74,7 @@ def run(s: Settings, runtime: Runtime) -> dict:
         trainer = build_trainer(s, runtime)
     try:
         metrics = trainer.fit()
+        metrics.update(score_held_out(s, runtime, trainer))
     finally:
         trainer.logger.close()
     summary = {**metrics, "steps": trainer.position.global_step}
@@ -82,6 +83,18 @@ def run(s: Settings, runtime: Runtime) -> dict:
     if runtime.is_main:
         print("final: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     return summary
+
+
+def score_held_out(s: Settings, runtime: Runtime, trainer: engine.Trainer) -> dict:
+    """Cell sets: cell-eval's own metrics on every cell of every held-out group, beside the in-loop ones (sampled sets)."""
+    if trainer.data.kind != "cellset" or s.cell_eval.cell_eval == "off":
+        return {}
+    from tasks.cellset import score_with_cell_eval
+
+    outdir = fs.join(s.train.output_dir, "cell_eval") if s.train.output_dir else os.path.join("output", "cell_eval")
+    out = score_with_cell_eval(trainer.model, trainer.task, trainer.data.cells, runtime, outdir, s.cell_eval)
+    trainer.logger.scalars(trainer.position.global_step, {k.removeprefix("cell_eval/"): v for k, v in out.items()}, prefix="cell_eval/")
+    return out
 
 
 def check_startup(s: Settings, runtime: Runtime) -> None:

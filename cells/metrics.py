@@ -109,12 +109,31 @@ def log2_fold_change(treated_tg: Float[np.ndarray, "t g"], ref_rg: Float[np.ndar
 
 
 @_typed
-def de_genes(treated_tg: Float[np.ndarray, "t g"], ref_rg: Float[np.ndarray, "r g"], fdr: float = DE_FDR, is_log1p: bool = True) -> Int[np.ndarray, " k"]:
-    """Indices of the genes with BH FDR < `fdr`, sorted by |log2FC| descending (stable for ties)."""
+def de_genes(
+    treated_tg: Float[np.ndarray, "t g"],
+    ref_rg: Float[np.ndarray, "r g"],
+    fdr: float = DE_FDR,
+    is_log1p: bool = True,
+    tie_rank_g: Int[np.ndarray, " g"] | None = None,
+) -> Int[np.ndarray, " k"]:
+    """Indices of the genes with BH FDR < `fdr`, sorted by |log2FC| descending.
+
+    Ties (common: every one-sided zero is an infinite |log2FC|) go by `tie_rank_g`, ascending; cell-eval breaks them by the order
+    of its DE table, which pdex sorts by gene name, so pass `get_name_rank(gene_names)` to match it. None: by gene index.
+    """
     fdr_g = benjamini_hochberg(mann_whitney_pvalues(treated_tg, ref_rg))
     abs_lfc_g = np.abs(log2_fold_change(treated_tg, ref_rg, is_log1p=is_log1p))
     sig_k = np.flatnonzero(fdr_g < fdr)
-    return sig_k[np.argsort(-abs_lfc_g[sig_k], kind="stable")].astype(np.int64)
+    tie_k = sig_k if tie_rank_g is None else np.asarray(tie_rank_g)[sig_k]
+    return sig_k[np.lexsort((tie_k, -abs_lfc_g[sig_k]))].astype(np.int64)
+
+
+def get_name_rank(gene_names: list[str]) -> np.ndarray:
+    """Each gene's position in the sorted list of names (the order of pdex's and so cell-eval's DE tables), int64 [g]."""
+    order = sorted(range(len(gene_names)), key=lambda i: str(gene_names[i]))
+    rank_g = np.empty(len(gene_names), np.int64)
+    rank_g[order] = np.arange(len(gene_names))
+    return rank_g
 
 
 @_typed
@@ -124,17 +143,18 @@ def de_overlap(
     ctrl_rg: Float[np.ndarray, "r g"],
     fdr: float = DE_FDR,
     is_log1p: bool = True,
+    tie_rank_g: Int[np.ndarray, " g"] | None = None,
 ) -> float:
     """DES for one perturbation: |G_real n G_pred[:k]| / k with k = |G_real| (0 when k = 0).
 
     Real and predicted cells are each tested against the same control cells (cell-eval copies the real
-    controls into the prediction); G_pred is truncated to its top k by |log2FC|.
+    controls into the prediction); G_pred is truncated to its top k by |log2FC| (ties: see `de_genes`).
     """
-    real_k = de_genes(real_tg, ctrl_rg, fdr=fdr, is_log1p=is_log1p)
+    real_k = de_genes(real_tg, ctrl_rg, fdr=fdr, is_log1p=is_log1p, tie_rank_g=tie_rank_g)
     k = real_k.size
     if k == 0:
         return 0.0
-    pred_top = de_genes(pred_ug, ctrl_rg, fdr=fdr, is_log1p=is_log1p)[:k]
+    pred_top = de_genes(pred_ug, ctrl_rg, fdr=fdr, is_log1p=is_log1p, tie_rank_g=tie_rank_g)[:k]
     return float(np.intersect1d(real_k, pred_top).size / k)
 
 

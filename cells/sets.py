@@ -27,6 +27,7 @@ from cells.groups import (
     KEY_BASELINE,
     KEY_CTRL,
     KEY_EVAL,
+    KEY_SCORE,
     KEY_TRAIN,
     Group,
     check_eval_contexts,
@@ -184,6 +185,31 @@ class CellSetData:
             else:
                 out.append(dataclasses.replace(self._eval_sets[0], mask=False))
         return out
+
+    def full_eval_sets(self) -> list[tuple[Group, list[CellSet]]]:
+        """Every held-out group at its real size, for full-data scoring: set k holds the group's rows k*s .. k*s + s - 1 (the last set
+        wraps around to the first rows; callers keep the first n rows of the concatenation), each with its own seeded control set."""
+        s, out = self.cells_per_set, []
+        for gi, group in enumerate(self.eval_groups):
+            n = len(group.rows)
+            pool = self.control_pools[group.file_idx, group.context]
+            sets = []
+            for k in range(-(-n // s)):
+                rows_s = group.rows[np.arange(k * s, (k + 1) * s) % n]
+                ctrl_s = _sample(seeded_rng(self.seed, KEY_SCORE, gi, k), pool, s)
+                sets.append(CellSet(group.file_idx, group.pert, group.context, rows_s, ctrl_s))
+            out.append((group, sets))
+        return out
+
+    def read_control_cells(self, context: int) -> np.ndarray:
+        """Every control cell of `context` (all files), float32 [n, g], transformed like the batches."""
+        parts = []
+        for (fi, c), rows in sorted(self.control_pools.items()):
+            if c == context:
+                out_ng = np.empty((len(rows), self.n_genes), np.float32)
+                self.files[fi].read_rows_into(rows.astype(np.int64), out_ng)
+                parts.append(out_ng)
+        return np.concatenate(parts)
 
     def make_batch(self, sets: list[CellSet]) -> dict[str, torch.Tensor]:
         """Read a list of sets into one contract batch, straight into the output buffer; with several files,

@@ -15,6 +15,7 @@ Shape letters: b batch, s cells in a set, g genes, p perturbations.
 import collections
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cells import metrics
+from cells import metrics, scoring
 from cells.sets import CellSetData
 from losses import SetLossConfig, mean_mse
 from tasks.base import EvalPartial
+from utils import settings
 
 log = logging.getLogger("train")
 
@@ -71,6 +73,7 @@ class CellSetTask:
         self.de_fdr = de_fdr
         self.is_log1p = is_log1p
         self.target_gene_p = metrics.get_target_gene_indices(self.pert_names, self.gene_names)
+        self.gene_rank_g = metrics.get_name_rank(self.gene_names)  # DE ties broken as cell-eval breaks them
 
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["ctrl"], batch["pert"], batch["cell_line"]).float()
@@ -184,7 +187,12 @@ class CellSetAccumulator:
             # cell-eval copies the real controls into the prediction: both sides share one control mean.
             pds.append(metrics.pds_per_pert(real_pg, pred_pg, ctrl_g, ctrl_g, target_p))
             pds_ctrl.append(metrics.pds_per_pert(real_pg, ctrl_pg, ctrl_g, ctrl_g, target_p))
-            des.append([metrics.de_overlap(r, p, ctrl_rg, fdr=task.de_fdr, is_log1p=task.is_log1p) for r, p in zip(real_cells, pred_cells, strict=True)])
+            des.append(
+                [
+                    metrics.de_overlap(r, p, ctrl_rg, fdr=task.de_fdr, is_log1p=task.is_log1p, tie_rank_g=task.gene_rank_g)
+                    for r, p in zip(real_cells, pred_cells, strict=True)
+                ]
+            )
             if task.train_pert_mean_g is not None:
                 base_pg = metrics.mean_of_perturbations_baseline(task.train_pert_mean_g[None, :], len(perts))
                 baseline_pert.append(base_pg)
@@ -204,3 +212,93 @@ class CellSetAccumulator:
         out["score_mae"] = metrics.baseline_normalized_score(out["mae"], out["baseline_pert_mae"], higher_is_better=False)
         out["score_pds"] = metrics.baseline_normalized_score(out["pds"], out["baseline_pert_pds"], higher_is_better=True)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupPrediction:
+    """One held-out (context, perturbation) group at its real size: the model's cells and the real ones, float32 [n, g]."""
+
+    context: int
+    pert: int
+    pred_ng: np.ndarray
+    real_ng: np.ndarray
+
+
+def predict_held_out(model: nn.Module, task: CellSetTask, cells: CellSetData, runtime) -> list[GroupPrediction]:
+    """Predict every held-out group at its real size from seeded control sets (`CellSetData.full_eval_sets`), in whole batches of the
+    eval shape (masked padding sets), so a compiled eval step is reused; every process predicts every group."""
+    was_training = model.training
+    model.eval()
+    full = cells.full_eval_sets()
+    pending = [(gi, k, x) for gi, (_, sets) in enumerate(full) for k, x in enumerate(sets)]
+    pending.sort(key=lambda item: item[2].file_idx)  # make_batch groups sets by file (stably): sorted here, its order is ours
+    pred_parts: dict[int, list] = collections.defaultdict(list)
+    real_parts: dict[int, list] = collections.defaultdict(list)
+    b = cells.batch_size
+    for start in range(0, len(pending), b):
+        chunk = pending[start : start + b]
+        # Padding copies the last set, whose file sorts last: make_batch's stable sort keeps every row where it is.
+        sets = [x for _, _, x in chunk] + [dataclasses.replace(chunk[-1][2], mask=False)] * (b - len(chunk))
+        host = cells.make_batch(sets)
+        batch = runtime.to_device(host)
+        with torch.no_grad(), runtime.autocast():
+            pred_bsg = task.predict(model, batch)
+        pred_bsg = pred_bsg.float().cpu().numpy()
+        for i, (gi, k, _) in enumerate(chunk):
+            pred_parts[gi].append((k, pred_bsg[i]))
+            real_parts[gi].append((k, host["target"][i].numpy()))
+    model.train(was_training)
+    out = []
+    for gi, (group, _) in enumerate(full):
+        n = len(group.rows)
+        # Clipped at 0: expression (log1p) is never negative, cell-eval refuses negative values and a submission must not have any.
+        pred_ng = np.maximum(np.concatenate([v for _, v in sorted(pred_parts[gi], key=lambda kv: kv[0])])[:n], 0.0)
+        real_ng = np.concatenate([v for _, v in sorted(real_parts[gi], key=lambda kv: kv[0])])[:n]
+        out.append(GroupPrediction(group.context, group.pert, pred_ng, real_ng))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CellEvalConfig:
+    """Full-data scoring with cell-eval after training (`cells.scoring`): which of its metric profiles, and its DE threads."""
+
+    cell_eval: str = settings.setting("vcc", choices=("off", *scoring.PROFILES))
+    cell_eval_threads: int = settings.setting(1, range=settings.AT_LEAST_ONE)
+
+    def __post_init__(self):
+        settings.check_fields(self)
+
+
+def score_with_cell_eval(model: nn.Module, task: CellSetTask, cells: CellSetData, runtime, outdir: str, config: CellEvalConfig) -> dict[str, float]:
+    """cell-eval's metrics of the model and of both baselines on every cell of every held-out group (`cell_eval/...` keys), with the
+    VCC score of each headline metric against the mean-of-perturbations baseline. Every process predicts; the main one scores."""
+    t0 = time.perf_counter()
+    preds = predict_held_out(runtime.unwrap(model), task, cells, runtime)
+    if not runtime.is_main:
+        return {}
+    names = cells.context_names
+    groups = [scoring.HeldOutGroup(names[p.context], cells.pert_names[p.pert], p.pred_ng, p.real_ng) for p in preds]
+    ctrl = {names[c]: cells.read_control_cells(c) for c in sorted({p.context for p in preds})}
+    runs = {
+        "model": groups,
+        "baseline_ctrl": scoring.baseline_groups(groups, {c: v.mean(axis=0) for c, v in ctrl.items()}),
+        "baseline_pert": scoring.baseline_groups(groups, {c: task.train_pert_mean_g.astype(np.float32) for c in ctrl}),
+    }
+    out: dict[str, float] = {}
+    for name, run in runs.items():
+        kw = dict(profile=config.cell_eval, num_threads=config.cell_eval_threads)
+        res = scoring.score_groups(run, ctrl, cells.gene_names, cells.pert_names[cells.control_index], os.path.join(outdir, name), **kw)
+        prefix = "cell_eval/" if name == "model" else f"cell_eval/{name}_"
+        out.update({f"{prefix}{k}": v for k, v in res.items() if name == "model" or k in scoring.HEADLINE})
+    for k, higher in (("mae", False), ("discrimination_score_l1", True), ("overlap_at_N", True)):
+        user, base = out.get(f"cell_eval/{k}"), out.get(f"cell_eval/baseline_pert_{k}")
+        if user is not None and base is not None:
+            out[f"cell_eval/score_{k}"] = metrics.baseline_normalized_score(user, base, higher_is_better=higher)
+    log.info(
+        "cell-eval on the full held-out data (%d groups, %d cells; %.0fs): %s",
+        int(out["cell_eval/n_perts"]),
+        int(out["cell_eval/n_cells"]),
+        time.perf_counter() - t0,
+        "  ".join(f"{k.removeprefix('cell_eval/')} {v:.4g}" for k, v in out.items() if not k.endswith(("n_perts", "n_cells"))),
+    )
+    return out

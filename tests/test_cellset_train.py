@@ -1,6 +1,7 @@
 """End to end through main.py on simulated `.h5ad` cell sets: CPU eager and the XLA (PJRT CPU) device, resume position, the embedded simulated screen,
 and clear errors on bad inputs."""
 
+import json
 import logging
 import math
 import re
@@ -42,6 +43,8 @@ def _args(h5ad_fpath: str, out_dir, *extra: str) -> list[str]:
         "--log_every",
         "5",
         "--no-tensorboard",
+        "--cell_eval",
+        "off",  # tests that score with cell-eval pass --cell_eval again (the last one counts)
         *extra,
     ]
 
@@ -49,7 +52,15 @@ def _args(h5ad_fpath: str, out_dir, *extra: str) -> list[str]:
 def test_cpu_run_reports_cell_metrics_and_baselines_and_writes_a_checkpoint(sim_fpath, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
-    summary = main.main(_args(sim_fpath, out, "--device", "cpu", "--epochs", "2", "--set_loss", "energy", "--mean_mse_weight", "1.0"))
+    argv = _args(sim_fpath, out, "--device", "cpu", "--epochs", "2", "--set_loss", "energy", "--mean_mse_weight", "1.0", "--cell_eval", "vcc")
+    summary = main.main(argv)
+    # Full-data scoring by cell-eval itself: the model and both baselines, every cell of the 4 held-out groups.
+    for key in ("mae", "discrimination_score_l1", "overlap_at_N", "baseline_ctrl_mae", "baseline_pert_discrimination_score_l1", "score_mae"):
+        assert math.isfinite(summary[f"cell_eval/{key}"]), (key, summary)
+    assert summary["cell_eval/n_perts"] == 4 and summary["cell_eval/n_cells"] > 4 * 8, "real group sizes, not one set each"
+    assert (out / "cell_eval" / "model" / "line0" / "results.csv").is_file()
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("cell_eval/mae" in row for row in logged)
     for key in METRICS:
         assert math.isfinite(summary[key]), (key, summary)
     assert 0.0 < summary["pds"] <= 1.0 and 0.0 <= summary["des"] <= 1.0

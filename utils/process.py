@@ -5,6 +5,7 @@
   any other process) on the same cores, spinning workers made a CPU train step 5x slower on 2 cores;
   sleeping ones cost nothing measurable.
 - `TF_CPP_MIN_LOG_LEVEL=2`: TensorFlow's C++ start-up chatter off (warnings and errors still show).
+- `TQDM_DISABLE=1`: cell-eval's progress bars (one per perturbation and metric) would bury the training log.
 - Warning filters: tf.data hands out read-only NumPy buffers and `torch.from_numpy` warns about each one;
   the batches are never written to (mixup makes new tensors), so the warning says nothing.
 
@@ -15,7 +16,7 @@ torch; `setup_process()` (the CLI and the test configuration call it) applies th
 import os
 import warnings
 
-ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2"}
+ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1"}
 
 
 def env_defaults() -> dict[str, str]:
