@@ -91,7 +91,10 @@ class Data:
     num_classes: int = 0
     info: dict = dataclasses.field(default_factory=dict)
     cells: "CellSetData | None" = None  # kind "cellset": genes, perturbation and context names, the training-perturbation mean
-    image_shape: tuple[int, ...] | None = None  # kind "image": one train image as the model sees it (c, h, w), for the start-up check of the model's input size
+    # kind "image": one train image as the model sees it (c, h, w), for the start-up check of the model's input size
+    image_shape: tuple[int, ...] | None = None
+    # saved in checkpoints: what a model trained on this data needs to be used without it (a set model's genes, perturbations, ...)
+    metadata: dict = dataclasses.field(default_factory=dict)
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         return self.make_train_batches(epoch, start_step)
@@ -275,6 +278,7 @@ def _build_h5ad(config: DataConfig, process_index: int, process_count: int) -> D
         make_eval_batches=cells.eval_batches,
         info=_describe_cells(cells, cells_config.h5ad_path),
         cells=cells,
+        metadata=cells.describe_vocabulary(),
     )
 
 

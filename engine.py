@@ -122,6 +122,7 @@ class Trainer:
     """Owns the loop state; `fit()` runs epochs from `position` to `config.epochs`.
 
     `run_config` is the whole run's resolved configuration (what args.yaml holds): saved in every checkpoint, and compared on resume (`model`, `opt`).
+    `metadata` describes the data the model was trained on (`Data.metadata`), saved as `data` so a checkpoint can be used without its dataset.
     """
 
     def __init__(
@@ -137,9 +138,11 @@ class Trainer:
         examples_per_step: int,
         ema: ModelEma | None = None,
         run_config: dict | None = None,
+        metadata: dict | None = None,
     ):
         self.config, self.runtime, self.model, self.task, self.ema = config, runtime, model, task, ema
         self.run_config = dict(run_config or {})
+        self.metadata = dict(metadata or {})  # what the model was trained on (a set model's genes, perturbations, contexts): saved as "data"
         self.optimizer, self.schedule, self.data, self.logger = optimizer, schedule, data, logger
         self.examples_per_step = examples_per_step
         self.position = Position()
@@ -168,6 +171,8 @@ class Trainer:
             "args": self.run_config,
             "best": dict(self.best),
         }
+        if self.metadata:
+            state["data"] = self.metadata
         if self.ema is not None:
             state["model_ema"] = self.ema.module.state_dict()
         return state

@@ -172,7 +172,20 @@ def build_trainer(s: Settings, runtime: Runtime) -> engine.Trainer:
     if runtime.is_main and output_dpath:
         fs.write_text_atomic(fs.join(output_dpath, "args.yaml"), yaml.safe_dump(s.flags, sort_keys=False), what="--output_dir")
     logger = MetricLogger(output_dpath, runtime.is_main, schedule.total_steps, tensorboard=s.tensorboard)
-    trainer = engine.Trainer(s.train, runtime, model, task, optimizer, schedule, data, logger, examples_per_step=s.data.batch_size, ema=ema, run_config=s.flags)
+    trainer = engine.Trainer(
+        s.train,
+        runtime,
+        model,
+        task,
+        optimizer,
+        schedule,
+        data,
+        logger,
+        examples_per_step=s.data.batch_size,
+        ema=ema,
+        run_config=s.flags,
+        metadata=data.metadata,
+    )
     found = ckpt.find_resume(s.resume, output_dpath)
     if found:
         fpath, state = found

@@ -12,7 +12,7 @@ import numpy as np
 from cells import h5ad
 
 # Second words of the seed keys, so the streams for different purposes never coincide.
-KEY_TRAIN, KEY_CTRL, KEY_EVAL, KEY_SPLIT, KEY_BASELINE, KEY_SCORE = 0, 1, 2, 3, 4, 5
+KEY_TRAIN, KEY_CTRL, KEY_EVAL, KEY_SPLIT, KEY_BASELINE, KEY_SCORE, KEY_EXPORT = 0, 1, 2, 3, 4, 5, 6
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,7 +59,7 @@ class CellSet:
     mask: bool = True
 
 
-def _sample(rng: np.random.Generator, pool: np.ndarray, size: int) -> np.ndarray:
+def sample_rows(rng: np.random.Generator, pool: np.ndarray, size: int) -> np.ndarray:
     """`size` rows of the pool: without replacement when it is big enough, with replacement otherwise."""
     return pool[rng.choice(len(pool), size, replace=len(pool) < size)]
 
@@ -163,15 +163,15 @@ class CellSetData:
         for set_id in order_t[first : first + self.steps_per_epoch * self.batch_size]:
             group = self.train_groups[all_group_t[set_id]]
             # Controls keyed by (seed, epoch, set id): a set's content does not depend on the number of processes.
-            ctrl_s = _sample(seeded_rng(self.seed, KEY_CTRL, epoch, set_id), self.control_pools[group.file_idx, group.context], s)
+            ctrl_s = sample_rows(seeded_rng(self.seed, KEY_CTRL, epoch, set_id), self.control_pools[group.file_idx, group.context], s)
             yield CellSet(group.file_idx, group.pert, group.context, all_rows_ts[set_id], ctrl_s)
 
     def _make_eval_sets(self) -> list[CellSet]:
         sets = []
         for gi, group in enumerate(self.eval_groups):
             rng = seeded_rng(self.seed, KEY_EVAL, gi)
-            rows_s = _sample(rng, group.rows, self.cells_per_set)
-            ctrl_s = _sample(rng, self.control_pools[group.file_idx, group.context], self.cells_per_set)
+            rows_s = sample_rows(rng, group.rows, self.cells_per_set)
+            ctrl_s = sample_rows(rng, self.control_pools[group.file_idx, group.context], self.cells_per_set)
             sets.append(CellSet(group.file_idx, group.pert, group.context, rows_s, ctrl_s))
         return sets
 
@@ -186,6 +186,20 @@ class CellSetData:
                 out.append(dataclasses.replace(self._eval_sets[0], mask=False))
         return out
 
+    def describe_vocabulary(self) -> dict:
+        """The names a set model's inputs and outputs are indexed by (saved in its checkpoints): genes in column order, perturbations
+        (the control first), contexts, the held-out perturbations, the control label, the transform of each file and the set size."""
+        return {
+            "gene_names": list(self.gene_names),
+            "pert_names": list(self.pert_names),
+            "context_names": list(self.context_names),
+            "eval_pert_names": list(self.eval_pert_names),
+            "eval_context_names": None if self.eval_context_names is None else list(self.eval_context_names),
+            "control_label": self.pert_names[self.control_index],
+            "transforms": [f.transform for f in self.files],
+            "cells_per_set": self.cells_per_set,
+        }
+
     def full_eval_sets(self) -> list[tuple[Group, list[CellSet]]]:
         """Every held-out group at its real size, for full-data scoring: set k holds the group's rows k*s .. k*s + s - 1 (the last set
         wraps around to the first rows; callers keep the first n rows of the concatenation), each with its own seeded control set."""
@@ -196,7 +210,7 @@ class CellSetData:
             sets = []
             for k in range(-(-n // s)):
                 rows_s = group.rows[np.arange(k * s, (k + 1) * s) % n]
-                ctrl_s = _sample(seeded_rng(self.seed, KEY_SCORE, gi, k), pool, s)
+                ctrl_s = sample_rows(seeded_rng(self.seed, KEY_SCORE, gi, k), pool, s)
                 sets.append(CellSet(group.file_idx, group.pert, group.context, rows_s, ctrl_s))
             out.append((group, sets))
         return out

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from cells import metrics, scoring
-from cells.sets import CellSetData
+from cells.groups import KEY_EXPORT, seeded_rng
+from cells.sets import CellSet, CellSetData, sample_rows
 from losses import SetLossConfig, mean_mse
 from tasks.base import EvalPartial
 from utils import settings
@@ -302,3 +303,31 @@ def score_with_cell_eval(model: nn.Module, task: CellSetTask, cells: CellSetData
         "  ".join(f"{k.removeprefix('cell_eval/')} {v:.4g}" for k, v in out.items() if not k.endswith(("n_perts", "n_cells"))),
     )
     return out
+
+
+def predict_perturbations(model: nn.Module, cells: CellSetData, runtime, context: str, n_cells: dict[int, int], *, seed: int = 0) -> dict[int, np.ndarray]:
+    """`n_cells[p]` predicted cells of perturbation index `p` (the model's vocabulary) in `context`, float32 [n, g], each set of
+    `cells_per_set` predicted from its own seeded control set of that context (every file that has it); clipped at 0."""
+    ctx = cells.context_names.index(context)
+    pools = [(fi, rows) for (fi, c), rows in sorted(cells.control_pools.items()) if c == ctx]
+    s, b = cells.cells_per_set, cells.batch_size
+    pending = []
+    for p, n in n_cells.items():
+        for k in range(-(-n // s)):
+            fi, pool = pools[k % len(pools)]
+            ctrl_s = sample_rows(seeded_rng(seed, KEY_EXPORT, p, k), pool, s)
+            pending.append((p, k, CellSet(fi, p, ctx, ctrl_s, ctrl_s)))
+    pending.sort(key=lambda item: item[2].file_idx)
+    parts: dict[int, list] = collections.defaultdict(list)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(pending), b):
+        chunk = pending[start : start + b]
+        sets = [x for _, _, x in chunk] + [dataclasses.replace(chunk[-1][2], mask=False)] * (b - len(chunk))
+        batch = runtime.to_device(cells.make_batch(sets))
+        with torch.no_grad(), runtime.autocast():
+            pred_bsg = model(batch["ctrl"], batch["pert"], batch["cell_line"]).float().cpu().numpy()
+        for i, (p, k, _) in enumerate(chunk):
+            parts[p].append((k, pred_bsg[i]))
+    model.train(was_training)
+    return {p: np.maximum(np.concatenate([v for _, v in sorted(parts[p], key=lambda kv: kv[0])])[:n], 0.0) for p, n in n_cells.items()}
