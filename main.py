@@ -220,8 +220,8 @@ def program() -> None:
     process.setup_process()
     preemption.set_exit_at_once(True)
     code = cli()
-    preemption.setup_exit_now_handlers()  # interpreter shut-down (TF's clean-up) is next: nothing to save
-    sys.exit(code)
+    preemption.setup_exit_now_handlers()  # from here on a signal exits at once: nothing is left to save
+    preemption.exit_process(code)
 
 
 if __name__ == "__main__":

@@ -273,3 +273,33 @@ def test_second_sigint_while_stopping_exits_at_once_without_a_checkpoint(digits_
     assert stderr.rstrip().splitlines()[-1] == "stopped: SIGINT while stopping or shutting down; exiting at once without a checkpoint", stderr[-3000:]
     assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert not ckpt.list_checkpoints(str(out)) and not [f for f in os.listdir(out) if ".tmp." in f]
+
+
+def test_sigint_during_shutdown_after_a_clean_stop_still_exits_130(digits_dir, tmp_path):
+    """`python main.py`: the first Ctrl-C stops cleanly (checkpoint, `stopped:` line with the resume command); a second one sent
+    right after that line, while the process shuts down, still ends it with 130, never by the signal's default action (-2)."""
+    from tests import proc
+
+    out = tmp_path / "late"
+    env = {**os.environ, "FAULT_SLOW_STEP_S": "0.5", "PJRT_DEVICE": "CPU"}
+    cmd = [sys.executable, "-m", "tests.fault_main", *_argv(digits_dir, out)]
+    with proc.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        killer = threading.Timer(180, child.kill)  # never hang the suite
+        killer.start()
+        for line in child.stdout:
+            if "INFO train: step 2/12" in line:
+                child.send_signal(signal.SIGINT)
+                break
+        err_lines = []
+        for line in child.stderr:
+            err_lines.append(line)
+            if line.startswith("stopped: stopped by SIGINT"):
+                child.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = child.communicate(timeout=60)
+        killer.cancel()
+    stderr = "".join(err_lines) + stderr
+    assert child.returncode == 130, (child.returncode, stderr[-3000:])
+    assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert len(ckpt.list_checkpoints(str(out))) == 1, "the clean stop's checkpoint is there"
+    assert not [f for f in os.listdir(out) if ".tmp." in f]

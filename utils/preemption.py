@@ -42,6 +42,22 @@ def exit_now(signum: int, frame=None) -> None:
         os._exit(get_exit_code(signum))
 
 
+def exit_process(code: int) -> None:
+    """End `python main.py` with `code` once its work is written and closed: flush, then `os._exit`.
+
+    No interpreter finalization: TensorFlow's clean-up can stall it, and once Python's signal module is finalized a signal gets the
+    default action (a SIGINT in that window killed the process with -2 instead of exiting 130). Every output the run writes (checkpoints,
+    args.yaml, metrics.jsonl, tensorboard events) is closed before this point; runtimes are closed in `main.py`.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
 def setup_exit_now_handlers() -> None:
     """SIGTERM and SIGINT exit at once from now on (main thread only; signals ignored at start stay ignored)."""
     if threading.current_thread() is not threading.main_thread():
@@ -91,9 +107,14 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._restore()
         if _EXIT_AT_ONCE:
-            setup_exit_now_handlers()  # training is over: checkpointing and shut-down have nothing a second Ctrl-C should wait for
+            # Training is over: checkpointing and shut-down have nothing a second Ctrl-C should wait for. Our handlers are replaced in
+            # place: restoring the previous ones first would leave a window where a second signal (sent while the stop is under way)
+            # raises KeyboardInterrupt at a random point and kills the process by SIGINT (-2) instead of exiting 130.
+            self._previous.clear()
+            setup_exit_now_handlers()
+            return
+        self._restore()
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
