@@ -256,6 +256,7 @@ def _build_h5ad(config: DataConfig, process_index: int, process_count: int) -> D
         transform=cells_config.h5ad_transform,
         gene_vocab=cells_config.gene_vocab,
         in_memory=cells_config.h5ad_in_memory,
+        matrix=cells_config.h5ad_matrix,
         eval_perts=cells_config.eval_perts,
         eval_frac=cells_config.get_eval_frac(config.seed),
         eval_contexts=cells_config.eval_contexts,

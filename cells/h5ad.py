@@ -72,9 +72,9 @@ def _looks_ensembl(values: np.ndarray) -> bool:
     return len(sample) > 0 and np.mean([bool(ENSEMBL_RE.match(v)) for v in sample]) >= 0.5
 
 
-def read_var_genes(h5: h5py.File) -> tuple[list[str], list[str] | None]:
+def read_var_genes(h5: h5py.File, var_path: str = "var") -> tuple[list[str], list[str] | None]:
     """(gene symbols, Ensembl ids without version or None) from `var`: symbols are the index unless it holds Ensembl ids."""
-    var = h5["var"]
+    var = h5[var_path]
     index = _read_strings(var[var.attrs.get("_index", "_index")])
     columns = {k: var[k] for k in var.keys() if k != var.attrs.get("_index", "_index")}
 
@@ -195,13 +195,26 @@ class _ArraySource:
         return np.take(self.flat, _concat_ranges(starts_n, lens_n))
 
 
-def _where_else_matrix(h5: h5py.File) -> str:
-    """The fix for a file without X: the matrices it does hold, if any."""
+def list_matrices(h5: h5py.File) -> list[str]:
+    """The expression matrices a file holds, as `--h5ad_matrix` names them: X, raw/X, layers/NAME."""
     layers = h5["layers"].keys() if isinstance(h5.get("layers"), h5py.Group) else ()
-    elsewhere = [name for name in ("raw/X", *(f"layers/{k}" for k in layers)) if name in h5]
+    return [name for name in ("X", "raw/X", *(f"layers/{k}" for k in layers)) if name in h5]
+
+
+def _where_else_matrix(h5: h5py.File, matrix: str) -> str:
+    """The fix for a file without the requested matrix: the matrices it does hold, if any."""
+    elsewhere = [m for m in list_matrices(h5) if m != matrix]
     if not elsewhere:
         return "; re-save it with the expression matrix in adata.X"
-    return f"; found {', '.join(elsewhere)}: re-save with adata.X set to the matrix to train on (e.g. adata.X = adata.raw.X or adata.layers['counts'])"
+    return (
+        f"; found {', '.join(elsewhere)}: re-save with adata.X set to the matrix to train on (e.g. adata.X = adata.raw.X or adata.layers['counts']), "
+        f"or read it in place with --h5ad_matrix {elsewhere[0]}"
+    )
+
+
+def check_matrix_name(matrix: str) -> None:
+    if matrix not in ("X", "raw/X") and not (matrix.startswith("layers/") and len(matrix) > len("layers/")):
+        raise ValueError(f"--h5ad_matrix {matrix!r} is not X, raw/X or layers/NAME (e.g. layers/counts)")
 
 
 class H5adFile:
@@ -217,6 +230,7 @@ class H5adFile:
         transform: str = "auto",
         in_memory: bool = False,
         log_info: bool = True,
+        matrix: str = "X",
     ) -> None:
         if not os.path.isfile(fpath):
             parent = os.path.dirname(os.path.abspath(fpath))
@@ -224,7 +238,8 @@ class H5adFile:
             raise FileNotFoundError(f"h5ad file not found: {fpath}; fix --h5ad_path" + (_close(os.path.basename(fpath), siblings) if siblings else ""))
         if transform not in TRANSFORMS:
             raise ValueError(f"--h5ad_transform {transform!r} is not one of {TRANSFORMS}")
-        self.fpath = fpath
+        check_matrix_name(matrix)
+        self.fpath, self.matrix = fpath, matrix
         self._log = log.info if log_info else log.debug
         self._pid = os.getpid()
         try:
@@ -234,8 +249,8 @@ class H5adFile:
         h5 = self._h5_handle
         if "obs" not in h5 or not isinstance(h5["obs"], h5py.Group):
             raise ValueError(f"{fpath}: no obs group in anndata>=0.8 encoding (a legacy file: re-save it with a current anndata)")
-        if "X" not in h5:
-            raise ValueError(f"{fpath}: no X matrix{_where_else_matrix(h5)}")
+        if matrix not in h5:
+            raise ValueError(f"{fpath}: no {matrix} matrix{_where_else_matrix(h5, matrix)}")
         obs = h5["obs"]
         obs_columns = sorted(k for k in obs.keys() if k != obs.attrs.get("_index", "_index"))
         for col, flag in ((pert_col, "--pert_col"), (context_col, "--context_col")):
@@ -251,7 +266,8 @@ class H5adFile:
                 + _close(control_label, self.pert_categories)
             )
         self.control_code = self.pert_categories.index(control_label)
-        self.gene_symbols, self.gene_ids = read_var_genes(h5)
+        # raw/X has its own genes (raw/var, often more than var); layers share var with X.
+        self.gene_symbols, self.gene_ids = read_var_genes(h5, "raw/var" if matrix == "raw/X" else "var")
         self.n_genes_file = len(self.gene_symbols)
         self._setup_matrix(in_memory)
         self.transform = self._resolve_transform(transform)
@@ -273,7 +289,7 @@ class H5adFile:
         return self._h5_handle
 
     def _setup_matrix(self, in_memory: bool) -> None:
-        x = self._h5["X"]
+        x = self._h5[self.matrix]
         self.sparse = isinstance(x, h5py.Group)
         if self.sparse:
             encoding = x.attrs.get("encoding-type", "")
@@ -316,7 +332,7 @@ class H5adFile:
 
     def _sample_values(self) -> np.ndarray:
         """Up to ~64k stored values from 8 places spread over X (cheap whatever the backend)."""
-        x = self._h5["X"]
+        x = self._h5[self.matrix]
         if self.sparse:
             ds, n, width = x["data"], x["data"].shape[0], 8192
         else:
@@ -434,7 +450,7 @@ class H5adFile:
     def _fetch_h5py_rows(self, rows_u: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Read sorted unique rows with one h5py slice per run; runs closer than a chunk share a read (the chunk is decoded anyway)."""
         assert np.all(rows_u[1:] > rows_u[:-1]), "rows must be sorted and unique before an h5py read"
-        x = self._h5["X"]
+        x = self._h5[self.matrix]
         data_ds, indices_ds = x["data"], x["indices"]
         gap = data_ds.chunks[0] if data_ds.chunks else 8192  # uncontiguous reads of < 32 KB cost less than another ~15 us call
         starts_u, ends_u = self._indptr[rows_u], self._indptr[rows_u + 1]
@@ -463,7 +479,7 @@ class H5adFile:
         return self._row_cache[row]
 
     def _read_dense_into(self, rows_n: np.ndarray, out_ng: np.ndarray) -> None:
-        src = self._dense_src if self.backend != "h5py" else self._h5["X"]
+        src = self._dense_src if self.backend != "h5py" else self._h5[self.matrix]
         unique_u, inverse_n = np.unique(rows_n, return_inverse=True)
         assert np.all(unique_u[1:] > unique_u[:-1]), "rows must be sorted before reading"
         if self.backend == "h5py":

@@ -349,12 +349,14 @@ class CellSetConfig:
     h5ad_transform: str = settings.setting("auto", choices=h5ad.TRANSFORMS)
     gene_vocab: str | None = None
     h5ad_in_memory: bool = False
+    h5ad_matrix: str = "X"
     eval_perts: str | None = None
     eval_frac: float = 0.0
     eval_contexts: list[str] | None = None
 
     def __post_init__(self):
         settings.check_fields(self)
+        h5ad.check_matrix_name(self.h5ad_matrix)
         check_eval_split(self.eval_perts, self.eval_frac)
 
     def get_eval_frac(self, seed: int) -> float:
@@ -386,6 +388,7 @@ def make_cellset_data(
     process_count: int = 1,
     prefetch: int = PREFETCH_BATCHES,
     read_threads: int = READ_THREADS,
+    matrix: str = "X",
 ) -> CellSetData:
     """Open and validate the files, build groups and control pools, hold out perturbations, and return this process's `CellSetData`.
 
@@ -402,7 +405,16 @@ def make_cellset_data(
     is_main = process_index == 0
     log_info = log.info if is_main else log.debug
     files = [
-        h5ad.H5adFile(p, pert_col=pert_col, context_col=context_col, control_label=control_label, transform=transform, in_memory=in_memory, log_info=is_main)
+        h5ad.H5adFile(
+            p,
+            pert_col=pert_col,
+            context_col=context_col,
+            control_label=control_label,
+            transform=transform,
+            in_memory=in_memory,
+            log_info=is_main,
+            matrix=matrix,
+        )
         for p in h5ad_paths
     ]
     gene_names = _align_genes(files, gene_vocab, log_info)

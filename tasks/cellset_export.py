@@ -50,6 +50,7 @@ def open_controls(state: dict, meta: dict, h5ad_paths: list[str] | None, tmp_dpa
         cells_per_set=meta["cells_per_set"],
         batch_size=1,
         transform=flags["h5ad_transform"],
+        matrix=flags.get("h5ad_matrix", "X"),
         gene_vocab=vocab_fpath,
     )
 

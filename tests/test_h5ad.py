@@ -348,3 +348,34 @@ def test_auto_transform_takes_shallow_integer_counts_as_counts(tmp_path) -> None
     assert 1 < x_ng.max() <= 12
     fpath = write_h5ad(str(tmp_path / "shallow.h5ad"), x_ng, make_obs(200))
     assert h5ad.H5adFile(fpath).transform == "log1p"
+
+
+@pytest.mark.parametrize("where", ["raw/X", "layers/counts"])
+def test_counts_in_raw_or_a_layer_read_like_the_same_counts_in_x(tmp_path, where):
+    """`--h5ad_matrix raw/X` (genes from raw/var, here a superset of var) or `layers/NAME`: the same rows, transformed the same way, as a
+    file with those counts in X; without the flag the error names the matrices the file has and the flag."""
+    import anndata
+
+    counts_fpath = simulate_h5ad.simulate_h5ad(str(tmp_path / "counts.h5ad"), n_cells=300, n_genes=30, n_perts=4, seed=2)
+    counts = anndata.read_h5ad(counts_fpath)
+    x = np.asarray(counts.X.todense(), np.float32)
+    keep = np.arange(0, 30, 2)  # X holds log1p of half the genes, as a typical processed file
+    moved = anndata.AnnData(X=np.log1p(x[:, keep]), obs=counts.obs, var=counts.var.iloc[keep].copy())
+    if where == "raw/X":
+        moved.raw = anndata.AnnData(X=x, obs=counts.obs, var=counts.var)
+    else:
+        moved = anndata.AnnData(X=np.log1p(x), obs=counts.obs, var=counts.var, layers={"counts": x})
+    fpath = str(tmp_path / "moved.h5ad")
+    moved.write_h5ad(fpath)
+    ref = h5ad.H5adFile(counts_fpath, transform="log1p")
+    got = h5ad.H5adFile(fpath, transform="log1p", matrix=where)
+    assert got.gene_symbols == ref.gene_symbols and got.n_genes_file == 30
+    rows = np.array([0, 5, 17, 299])
+    want_ng, got_ng = np.empty((4, 30), np.float32), np.empty((4, 30), np.float32)
+    ref.read_rows_into(rows, want_ng)
+    got.read_rows_into(rows, got_ng)
+    np.testing.assert_array_equal(got_ng, want_ng)
+    with pytest.raises(ValueError, match=r"no layers/missing matrix; found X, .*or read it in place with --h5ad_matrix X"):
+        h5ad.H5adFile(fpath, matrix="layers/missing")
+    with pytest.raises(ValueError, match=r"--h5ad_matrix 'counts' is not X, raw/X or layers/NAME"):
+        h5ad.H5adFile(fpath, matrix="counts")

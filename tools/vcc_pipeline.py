@@ -40,6 +40,7 @@ def real_held_out(state: dict, context: str):
         cells_per_set=meta["cells_per_set"],
         batch_size=1,
         transform=flags["h5ad_transform"],
+        matrix=flags.get("h5ad_matrix", "X"),
         eval_frac=flags["eval_frac"],
         eval_contexts=flags["eval_contexts"],
         seed=flags["seed"],
