@@ -100,6 +100,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cells_per_set", type=int, default=64, help="cells in a perturbed set and in its control set")
     g.add_argument("--h5ad_transform", default="auto", help="auto | log1p (raw counts: normalize_total 1e4 + log1p) | none (X used as stored)")
     g.add_argument("--gene_vocab", default=None, help="text file, one gene (Ensembl id or symbol) per line: map every file onto this gene order")
+    g.add_argument(
+        "--h5ad_target_sum",
+        default="median",
+        help="counts per cell after normalize_total (raw counts only): median (the file's median total, as scanpy and cell-eval) or a number, e.g. 1e4",
+    )
     g.add_argument("--h5ad_matrix", default="X", help="the matrix to read: X | raw/X (with raw/var's genes) | layers/NAME, e.g. layers/counts")
     g.add_argument("--h5ad_in_memory", action=argparse.BooleanOptionalAction, default=False, help="load X into RAM once (compressed files)")
     g.add_argument("--eval_perts", default=None, help="text file of held-out perturbations, one per line")

@@ -257,6 +257,7 @@ def _build_h5ad(config: DataConfig, process_index: int, process_count: int) -> D
         gene_vocab=cells_config.gene_vocab,
         in_memory=cells_config.h5ad_in_memory,
         matrix=cells_config.h5ad_matrix,
+        target_sum=cells_config.h5ad_target_sum,
         eval_perts=cells_config.eval_perts,
         eval_frac=cells_config.get_eval_frac(config.seed),
         eval_contexts=cells_config.eval_contexts,

@@ -23,11 +23,30 @@ import numpy as np
 import scipy.sparse
 
 from cells.genes import ENSEMBL_RE, GeneMap, strip_version
+from cells.storage import ArraySource, ChunkedMemmap, NotMappable, concat_ranges
 
 log = logging.getLogger(__name__)
 
 TRANSFORMS = ("auto", "log1p", "none")
-TARGET_SUM = 1e4  # normalize_total target before log1p, as scanpy's and cell-load's preprocessing
+# normalize_total's target before log1p: "median" (the median total count of the file's non-empty cells) is scanpy's default
+# (`sc.pp.normalize_total(adata)` with target_sum=None) and what cell-eval applies to counts; 1e4 is cell-load's fixed choice.
+DEFAULT_TARGET_SUM = "median"
+SUMS_CHUNK_ELEMS = 1 << 22  # nonzeros (or dense values) summed per read when computing the cells' total counts
+
+
+def parse_target_sum(value: str | float) -> str | float:
+    """`median` or a positive number (the per-cell total after normalization)."""
+    if value == "median":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (number > 0 and np.isfinite(number)):
+        raise ValueError(f"--h5ad_target_sum {value!r} is not 'median' or a positive number (e.g. 1e4)")
+    return number
+
+
 # auto transform: non-negative integers above 1 are raw counts (any maximum); non-integer values below this are log1p data (log1p(10^4) ~ 9.2).
 AUTO_MAX_THRESHOLD = 20.0
 ENSEMBL_COLUMNS = ("gene_id", "gene_ids", "ensembl_id", "ensembl_ids", "gene_ensembl_id", "feature_id", "ensembl")
@@ -101,100 +120,6 @@ def read_var_genes(h5: h5py.File, var_path: str = "var") -> tuple[list[str], lis
     return [str(s) for s in index], None if ids is None else [strip_version(str(v)) for v in ids]
 
 
-def _concat_ranges(starts_n: np.ndarray, lens_n: np.ndarray) -> np.ndarray:
-    """Indices of all elements of the ranges [start, start + len), concatenated in order, without a Python loop."""
-    ends_n = np.cumsum(lens_n)
-    return np.arange(int(ends_n[-1]) if len(ends_n) else 0, dtype=np.int64) + np.repeat(starts_n - (ends_n - lens_n), lens_n)
-
-
-class _NotMappable(Exception):
-    """The dataset cannot be read through a memmap (compressed, unallocated chunks, external storage)."""
-
-
-class ChunkedMemmap:
-    """Read ranges of an uncompressed 1-D HDF5 dataset through memmaps of the file at each chunk's byte offset.
-
-    HDF5 interleaves B-tree nodes between chunks, so chunks are not one contiguous block even when written in one call: a range is split at chunk boundaries and
-    each piece is read at `chunk_base[k] + offset` of a memmap that starts at the chunk's byte residue modulo the item size (one memmap when all chunks share
-    it, the usual case).
-    """
-
-    def __init__(self, fpath: str, ds: h5py.Dataset) -> None:
-        plist = ds.id.get_create_plist()
-        if plist.get_nfilters() > 0 or plist.get_external_count() > 0 or ds.ndim != 1 or ds.shape[0] == 0:
-            raise _NotMappable(f"{ds.name}: empty, filtered or external storage")
-        dtype, n = ds.dtype, ds.shape[0]
-        itemsize = dtype.itemsize
-        fsize = os.path.getsize(fpath)
-        self.flat: np.ndarray | None = None
-        if ds.chunks is None:
-            offset = ds.id.get_offset()
-            if offset is None:
-                raise _NotMappable(f"{ds.name}: contiguous dataset without storage")
-            self.flat = np.asarray(np.memmap(fpath, dtype=dtype, mode="r", offset=offset, shape=(n,)))
-            return
-        chunk_len = ds.chunks[0]
-        offsets_k = np.full(-(-n // chunk_len), -1, np.int64)
-
-        def record(info: h5py.h5d.StoreInfo) -> None:
-            offsets_k[info.chunk_offset[0] // chunk_len] = info.byte_offset
-
-        if hasattr(ds.id, "chunk_iter"):
-            ds.id.chunk_iter(record)  # one B-tree walk instead of a lookup per chunk
-        else:
-            for i in range(ds.id.get_num_chunks()):
-                record(ds.id.get_chunk_info(i))
-        if (offsets_k < 0).any():
-            raise _NotMappable(f"{ds.name}: unallocated chunks")
-        self._chunk_len = chunk_len
-        self._residue_k = offsets_k % itemsize
-        self._residues = [int(r) for r in np.unique(self._residue_k)]
-        # np.asarray drops the memmap subclass: np.take on a plain ndarray view is ~2x faster.
-        self._mm = {r: np.asarray(np.memmap(fpath, dtype=dtype, mode="r", offset=r, shape=((fsize - r) // itemsize,))) for r in self._residues}
-        self._base_k = (offsets_k - self._residue_k) // itemsize
-        if len(self._residues) == 1 and np.all(np.diff(self._base_k) == chunk_len):
-            # Chunks back to back in order (e.g. after h5repack): one plain view.
-            self.flat = self._mm[self._residues[0]][self._base_k[0] : self._base_k[0] + n]
-
-    def take_ranges(self, starts_n: np.ndarray, lens_n: np.ndarray) -> np.ndarray:
-        """Elements of the ranges [start, start + len), concatenated in order."""
-        if self.flat is not None:
-            return np.take(self.flat, _concat_ranges(starts_n, lens_n))
-        keep = lens_n > 0
-        starts_n, lens_n = starts_n[keep], lens_n[keep]
-        ends_n = starts_n + lens_n
-        first_k, last_k = starts_n // self._chunk_len, (ends_n - 1) // self._chunk_len
-        n_pieces = last_k - first_k + 1
-        if np.all(n_pieces == 1):
-            chunk_q, start_q, len_q = first_k, starts_n, lens_n
-        else:
-            # Split ranges that cross chunk boundaries: piece j of a range lies in chunk first_k + j.
-            range_q = np.repeat(np.arange(len(starts_n)), n_pieces)
-            chunk_q = first_k[range_q] + np.arange(len(range_q)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
-            start_q = np.maximum(starts_n[range_q], chunk_q * self._chunk_len)
-            len_q = np.minimum(ends_n[range_q], (chunk_q + 1) * self._chunk_len) - start_q
-        addr_q = self._base_k[chunk_q] + start_q - chunk_q * self._chunk_len
-        if len(self._residues) == 1:
-            return np.take(self._mm[self._residues[0]], _concat_ranges(addr_q, len_q))
-        out_m = np.empty(int(len_q.sum()), next(iter(self._mm.values())).dtype)
-        out_start_q = np.cumsum(len_q) - len_q
-        residue_q = self._residue_k[chunk_q]
-        for r in self._residues:
-            sel = residue_q == r
-            out_m[_concat_ranges(out_start_q[sel], len_q[sel])] = np.take(self._mm[r], _concat_ranges(addr_q[sel], len_q[sel]))
-        return out_m
-
-
-class _ArraySource:
-    """`take_ranges` over an in-memory array, so every backend of the CSR gather looks the same."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.flat = values
-
-    def take_ranges(self, starts_n: np.ndarray, lens_n: np.ndarray) -> np.ndarray:
-        return np.take(self.flat, _concat_ranges(starts_n, lens_n))
-
-
 def list_matrices(h5: h5py.File) -> list[str]:
     """The expression matrices a file holds, as `--h5ad_matrix` names them: X, raw/X, layers/NAME."""
     layers = h5["layers"].keys() if isinstance(h5.get("layers"), h5py.Group) else ()
@@ -231,6 +156,7 @@ class H5adFile:
         in_memory: bool = False,
         log_info: bool = True,
         matrix: str = "X",
+        target_sum: str | float = DEFAULT_TARGET_SUM,
     ) -> None:
         if not os.path.isfile(fpath):
             parent = os.path.dirname(os.path.abspath(fpath))
@@ -239,6 +165,7 @@ class H5adFile:
         if transform not in TRANSFORMS:
             raise ValueError(f"--h5ad_transform {transform!r} is not one of {TRANSFORMS}")
         check_matrix_name(matrix)
+        target_sum = parse_target_sum(target_sum)
         self.fpath, self.matrix = fpath, matrix
         self._log = log.info if log_info else log.debug
         self._pid = os.getpid()
@@ -251,6 +178,31 @@ class H5adFile:
             raise ValueError(f"{fpath}: no obs group in anndata>=0.8 encoding (a legacy file: re-save it with a current anndata)")
         if matrix not in h5:
             raise ValueError(f"{fpath}: no {matrix} matrix{_where_else_matrix(h5, matrix)}")
+        self._read_labels(h5, pert_col, context_col, control_label)
+        self.control_code = self.pert_categories.index(control_label)
+        # raw/X has its own genes (raw/var, often more than var); layers share var with X.
+        self.gene_symbols, self.gene_ids = read_var_genes(h5, "raw/var" if matrix == "raw/X" else "var")
+        self.n_genes_file = len(self.gene_symbols)
+        self._setup_matrix(in_memory)
+        self.transform = self._resolve_transform(transform)
+        self.target_sum = None
+        if self.transform == "log1p":
+            self.target_sum = self._median_total() if target_sum == "median" else float(target_sum)
+            self._log(
+                "%s: normalize_total to %g counts per cell (%s), then log1p",
+                self.fpath,
+                self.target_sum,
+                "the file's median" if target_sum == "median" else "--h5ad_target_sum",
+            )
+        self._file_to_out_g: np.ndarray | None = None
+        self.n_genes_out = self.n_genes_file
+        self._row_cache: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self._row_cache_elems = 0
+        self._lock = threading.Lock()
+
+    def _read_labels(self, h5: h5py.File, pert_col: str, context_col: str, control_label: str) -> None:
+        """Per-cell perturbation and context codes from obs; the columns and the control label must exist (close matches named)."""
+        fpath = self.fpath
         obs = h5["obs"]
         obs_columns = sorted(k for k in obs.keys() if k != obs.attrs.get("_index", "_index"))
         for col, flag in ((pert_col, "--pert_col"), (context_col, "--context_col")):
@@ -265,17 +217,6 @@ class H5adFile:
                 f"{fpath}: control label {control_label!r} (--control_label) has no cells in obs[{pert_col!r}]; most frequent labels: {frequent}"
                 + _close(control_label, self.pert_categories)
             )
-        self.control_code = self.pert_categories.index(control_label)
-        # raw/X has its own genes (raw/var, often more than var); layers share var with X.
-        self.gene_symbols, self.gene_ids = read_var_genes(h5, "raw/var" if matrix == "raw/X" else "var")
-        self.n_genes_file = len(self.gene_symbols)
-        self._setup_matrix(in_memory)
-        self.transform = self._resolve_transform(transform)
-        self._file_to_out_g: np.ndarray | None = None
-        self.n_genes_out = self.n_genes_file
-        self._row_cache: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
-        self._row_cache_elems = 0
-        self._lock = threading.Lock()
 
     def _open(self) -> h5py.File:
         return h5py.File(self.fpath, "r", rdcc_nbytes=H5_CHUNK_CACHE_BYTES, rdcc_nslots=1_000_003, rdcc_w0=0.75)
@@ -306,7 +247,7 @@ class H5adFile:
         if in_memory:
             self.backend = "memory"
             if self.sparse:
-                self._data_src, self._indices_src = _ArraySource(x["data"][:]), _ArraySource(x["indices"][:])
+                self._data_src, self._indices_src = ArraySource(x["data"][:]), ArraySource(x["indices"][:])
             else:
                 self._dense_src = x[:]
             n_bytes = sum(a.flat.nbytes for a in (self._data_src, self._indices_src)) if self.sparse else self._dense_src.nbytes
@@ -317,10 +258,10 @@ class H5adFile:
                     self._data_src, self._indices_src = ChunkedMemmap(self.fpath, x["data"]), ChunkedMemmap(self.fpath, x["indices"])
                 else:
                     if x.chunks is not None or x.compression or x.id.get_offset() is None:
-                        raise _NotMappable("chunked dense X")
+                        raise NotMappable("chunked dense X")
                     self._dense_src = np.memmap(self.fpath, dtype=x.dtype, mode="r", offset=x.id.get_offset(), shape=x.shape)
                 self.backend = "memmap"
-            except _NotMappable:
+            except NotMappable:
                 self.backend = "h5py"
                 if compressed:
                     log.warning(
@@ -329,6 +270,25 @@ class H5adFile:
                         self.fpath,
                     )
         self._log("%s: %d cells x %d genes, %s X, read via %s", self.fpath, self.n_cells, self.n_genes_file, "CSR" if self.sparse else "dense", self.backend)
+
+    def _median_total(self) -> float:
+        """The median total count of the file's non-empty cells (scanpy's normalize_total target when target_sum is None), one pass over X."""
+        x = self._h5[self.matrix]
+        totals_n = np.zeros(self.n_cells, np.float64)
+        if self.sparse:
+            data, nnz = x["data"], int(self._indptr[-1])
+            for a in range(0, nnz, SUMS_CHUNK_ELEMS):
+                b = min(a + SUMS_CHUNK_ELEMS, nnz)
+                rows_m = np.searchsorted(self._indptr, np.arange(a, b), side="right") - 1
+                totals_n += np.bincount(rows_m, weights=np.asarray(data[a:b], np.float64), minlength=self.n_cells)
+        else:
+            step = max(1, SUMS_CHUNK_ELEMS // max(1, self.n_genes_file))
+            for a in range(0, self.n_cells, step):
+                totals_n[a : a + step] = np.asarray(x[a : a + step], np.float64).sum(axis=1)
+        nonzero_n = totals_n[totals_n > 0]
+        if len(nonzero_n) == 0:
+            raise ValueError(f"{self.fpath}: every cell of {self.matrix} has zero counts; nothing to normalize")
+        return float(np.median(nonzero_n))
 
     def _sample_values(self) -> np.ndarray:
         """Up to ~64k stored values from 8 places spread over X (cheap whatever the backend)."""
@@ -362,7 +322,7 @@ class H5adFile:
         if (
             is_integer and vmin >= 0 and vmax > 1
         ):  # log1p data is never all integers, whatever its maximum (a shallow screen's counts may stay below 20); 0/1 alone may be a binary matrix
-            self._log("%s: X looks like raw counts (integers, max %g): applying log1p(normalize_total to %g) per cell", self.fpath, vmax, TARGET_SUM)
+            self._log("%s: X looks like raw counts (integers, max %g): normalize_total + log1p per cell", self.fpath, vmax)
             return "log1p"
         if not is_integer and vmax < AUTO_MAX_THRESHOLD and vmin >= 0:
             self._log("%s: X looks log1p-normalized already (non-integer, max %.3g): no transform", self.fpath, vmax)
@@ -409,7 +369,7 @@ class H5adFile:
             csum_m = np.concatenate([[0.0], np.cumsum(data_m, dtype=np.float64)])
             ends_n = np.cumsum(lens_n)
             sums_n = csum_m[ends_n] - csum_m[ends_n - lens_n]
-            scale_n = np.where(sums_n > 0, TARGET_SUM / np.maximum(sums_n, 1e-12), 0.0).astype(np.float32)
+            scale_n = np.where(sums_n > 0, self.target_sum / np.maximum(sums_n, 1e-12), 0.0).astype(np.float32)
             values_m = np.log1p(values_m * np.repeat(scale_n, lens_n))
         if self._file_to_out_g is not None:
             cols_m = np.take(self._file_to_out_g, cols_m)
@@ -431,7 +391,7 @@ class H5adFile:
             # memmap and RAM: a gather in request order costs the same as a sorted one and needs no permutation back.
             data_flat, indices_flat = self._data_src.flat, self._indices_src.flat
             if data_flat is not None and indices_flat is not None:
-                idx_m = _concat_ranges(starts_n, lens_n)  # same element positions in both arrays: build them once
+                idx_m = concat_ranges(starts_n, lens_n)  # same element positions in both arrays: build them once
                 return np.take(data_flat, idx_m), np.take(indices_flat, idx_m), lens_n
             return self._data_src.take_ranges(starts_n, lens_n), self._indices_src.take_ranges(starts_n, lens_n), lens_n
         unique_u = np.unique(rows_n)
@@ -497,7 +457,7 @@ class H5adFile:
         x_ng = np.concatenate(parts).astype(np.float32)[inverse_n]
         if self.transform == "log1p":
             sums_n = x_ng.sum(axis=1, dtype=np.float64, keepdims=True)
-            x_ng = np.log1p(x_ng * np.where(sums_n > 0, TARGET_SUM / np.maximum(sums_n, 1e-12), 0.0)).astype(np.float32)
+            x_ng = np.log1p(x_ng * np.where(sums_n > 0, self.target_sum / np.maximum(sums_n, 1e-12), 0.0)).astype(np.float32)
         if self._file_to_out_g is None:
             out_ng[...] = x_ng
             return

@@ -197,6 +197,7 @@ class CellSetData:
             "eval_context_names": None if self.eval_context_names is None else list(self.eval_context_names),
             "control_label": self.pert_names[self.control_index],
             "transforms": [f.transform for f in self.files],
+            "target_sums": [f.target_sum for f in self.files],
             "cells_per_set": self.cells_per_set,
         }
 
@@ -350,6 +351,7 @@ class CellSetConfig:
     gene_vocab: str | None = None
     h5ad_in_memory: bool = False
     h5ad_matrix: str = "X"
+    h5ad_target_sum: str = h5ad.DEFAULT_TARGET_SUM  # "median" or a number
     eval_perts: str | None = None
     eval_frac: float = 0.0
     eval_contexts: list[str] | None = None
@@ -357,6 +359,7 @@ class CellSetConfig:
     def __post_init__(self):
         settings.check_fields(self)
         h5ad.check_matrix_name(self.h5ad_matrix)
+        h5ad.parse_target_sum(self.h5ad_target_sum)
         check_eval_split(self.eval_perts, self.eval_frac)
 
     def get_eval_frac(self, seed: int) -> float:
@@ -389,6 +392,7 @@ def make_cellset_data(
     prefetch: int = PREFETCH_BATCHES,
     read_threads: int = READ_THREADS,
     matrix: str = "X",
+    target_sum: str | float = h5ad.DEFAULT_TARGET_SUM,
 ) -> CellSetData:
     """Open and validate the files, build groups and control pools, hold out perturbations, and return this process's `CellSetData`.
 
@@ -404,19 +408,8 @@ def make_cellset_data(
     check_eval_split(eval_perts, eval_frac)
     is_main = process_index == 0
     log_info = log.info if is_main else log.debug
-    files = [
-        h5ad.H5adFile(
-            p,
-            pert_col=pert_col,
-            context_col=context_col,
-            control_label=control_label,
-            transform=transform,
-            in_memory=in_memory,
-            log_info=is_main,
-            matrix=matrix,
-        )
-        for p in h5ad_paths
-    ]
+    read = dict(transform=transform, in_memory=in_memory, log_info=is_main, matrix=matrix, target_sum=target_sum)
+    files = [h5ad.H5adFile(p, pert_col=pert_col, context_col=context_col, control_label=control_label, **read) for p in h5ad_paths]
     gene_names = _align_genes(files, gene_vocab, log_info)
 
     pert_names, context_names = label_spaces(files, control_label)

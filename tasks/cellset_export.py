@@ -51,6 +51,7 @@ def open_controls(state: dict, meta: dict, h5ad_paths: list[str] | None, tmp_dpa
         batch_size=1,
         transform=flags["h5ad_transform"],
         matrix=flags.get("h5ad_matrix", "X"),
+        target_sum=flags.get("h5ad_target_sum", 1e4),  # runs from before the flag normalized to 1e4
         gene_vocab=vocab_fpath,
     )
 

@@ -108,6 +108,24 @@ def _h5ad(files, *extra: str) -> list[str]:
 # (id, argv builder (digits_dir, files) -> argv, regex the one-line message must match, marks)
 CASES = [
     (
+        "h5ad_target_sum_word",
+        lambda d, f: _h5ad(f, "--h5ad_target_sum", "mean"),
+        r"--h5ad_target_sum 'mean' is not 'median' or a positive number \(e.g. 1e4\)",
+        (needs_h5ad,),
+    ),
+    (
+        "h5ad_matrix_name",
+        lambda d, f: _h5ad(f, "--h5ad_matrix", "counts"),
+        r"--h5ad_matrix 'counts' is not X, raw/X or layers/NAME \(e.g. layers/counts\)",
+        (needs_h5ad,),
+    ),
+    (
+        "cell_eval_profile",
+        lambda d, f: _h5ad(f, "--cell_eval", "vcc2"),
+        r"--cell_eval 'vcc2' is not one of off, vcc, minimal, full; did you mean 'vcc'\?",
+        (needs_h5ad,),
+    ),
+    (
         "missing_data_dir",
         lambda d, f: ["--data_set", "tfds", "--tfds_name", "sklearn_digits", "--tfds_data_dir", "/nonexistent/tfds"],
         r"--tfds_data_dir '/nonexistent/tfds' does not exist; point it at the directory that holds prepared TFDS datasets",

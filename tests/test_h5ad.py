@@ -51,9 +51,9 @@ def make_obs(n_cells: int, seed: int = 0, n_perts: int = 4, contexts: tuple[str,
     return {"target_gene": list(rng.choice(perts, n_cells)), "cell_line": list(rng.choice(list(contexts), n_cells))}
 
 
-def log1p_normalize(x_ng: np.ndarray) -> np.ndarray:
+def log1p_normalize(x_ng: np.ndarray, target_sum: float = 1e4) -> np.ndarray:
     sums_n = x_ng.sum(axis=1, keepdims=True, dtype=np.float64)
-    return np.log1p(x_ng * np.where(sums_n > 0, 1e4 / np.maximum(sums_n, 1e-12), 0.0)).astype(np.float32)
+    return np.log1p(x_ng * np.where(sums_n > 0, target_sum / np.maximum(sums_n, 1e-12), 0.0)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,19 @@ def test_log1p_transform_matches_normalize_total_log1p(tmp_path, sparse: bool) -
     x_ng = make_counts(200, 40)
     x_ng[5] = 0  # an empty cell stays zeros
     fpath = write_h5ad(str(tmp_path / "c.h5ad"), x_ng, make_obs(200), sparse=sparse)
-    reader = h5ad.H5adFile(fpath, transform="log1p")
+    reader = h5ad.H5adFile(fpath, transform="log1p", target_sum=1e4)
     rows_n = np.arange(200)
     np.testing.assert_allclose(reader.read_rows(rows_n), log1p_normalize(x_ng), rtol=1e-5, atol=1e-6)
+    # The default: the file's median total count, as scanpy's normalize_total(target_sum=None) + log1p (scanpy itself).
+    import anndata
+    import scanpy as sc
+
+    adata = anndata.AnnData(X=x_ng.copy())
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    median = h5ad.H5adFile(fpath, transform="log1p")
+    assert median.target_sum == float(np.median(x_ng.sum(axis=1)[x_ng.sum(axis=1) > 0]))
+    np.testing.assert_allclose(median.read_rows(rows_n), np.asarray(adata.X), rtol=1e-5, atol=1e-6)
 
 
 def test_auto_transform_detects_counts_and_log1p(sim_fpath, tmp_path) -> None:
@@ -374,8 +384,19 @@ def test_counts_in_raw_or_a_layer_read_like_the_same_counts_in_x(tmp_path, where
     want_ng, got_ng = np.empty((4, 30), np.float32), np.empty((4, 30), np.float32)
     ref.read_rows_into(rows, want_ng)
     got.read_rows_into(rows, got_ng)
-    np.testing.assert_array_equal(got_ng, want_ng)
+    assert got.target_sum == ref.target_sum  # the same median total count
+    np.testing.assert_allclose(got_ng, want_ng, rtol=1e-6, atol=0)  # dense (layer) vs CSR arithmetic: float32 rounding only
     with pytest.raises(ValueError, match=r"no layers/missing matrix; found X, .*or read it in place with --h5ad_matrix X"):
         h5ad.H5adFile(fpath, matrix="layers/missing")
     with pytest.raises(ValueError, match=r"--h5ad_matrix 'counts' is not X, raw/X or layers/NAME"):
         h5ad.H5adFile(fpath, matrix="counts")
+
+
+def test_target_sum_reaches_every_file(sim_fpath):
+    """`--h5ad_target_sum` (here 1e4, cell-load's choice) is what each file normalizes to; the default is each file's own median."""
+    fixed = cell_sets.make_cellset_data([sim_fpath], batch_size=2, cells_per_set=8, target_sum=1e4)
+    median = cell_sets.make_cellset_data([sim_fpath], batch_size=2, cells_per_set=8)
+    assert [f.target_sum for f in fixed.files] == [1e4]
+    assert median.files[0].target_sum != 1e4 and median.describe_vocabulary()["target_sums"] == [median.files[0].target_sum]
+    fixed.close()
+    median.close()

@@ -41,6 +41,7 @@ def real_held_out(state: dict, context: str):
         batch_size=1,
         transform=flags["h5ad_transform"],
         matrix=flags.get("h5ad_matrix", "X"),
+        target_sum=flags.get("h5ad_target_sum", 1e4),  # runs from before the flag normalized to 1e4
         eval_frac=flags["eval_frac"],
         eval_contexts=flags["eval_contexts"],
         seed=flags["seed"],
