@@ -118,8 +118,10 @@ def de_genes(
 ) -> Int[np.ndarray, " k"]:
     """Indices of the genes with BH FDR < `fdr`, sorted by |log2FC| descending.
 
-    Ties (common: every one-sided zero is an infinite |log2FC|) go by `tie_rank_g`, ascending; cell-eval breaks them by the order
-    of its DE table, which pdex sorts by gene name, so pass `get_name_rank(gene_names)` to match it. None: by gene index.
+    Ties (common: every gene no control cell expresses has an infinite |log2FC|) go by `tie_rank_g`, ascending (None: gene index).
+    `get_name_rank(gene_names)` orders them by gene name, the order of pdex's DE tables, which is how cell-eval 0.8.2 ordered them on
+    the symbol-named screens tested here; cell-eval's order among ties is polars' ordinal rank inside a window and does not follow
+    the names in every case, so DES can differ from cell-eval's when the top-k cut falls inside a tie of infinite |log2FC|.
     """
     fdr_g = benjamini_hochberg(mann_whitney_pvalues(treated_tg, ref_rg))
     abs_lfc_g = np.abs(log2_fold_change(treated_tg, ref_rg, is_log1p=is_log1p))

@@ -186,6 +186,21 @@ class CellSetData:
                 out.append(dataclasses.replace(self._eval_sets[0], mask=False))
         return out
 
+    def target_gene_names(self) -> list[str]:
+        """Each perturbation's target gene in the column vocabulary (`gene_names`), or its own label when that is not a column: a label
+        that is a symbol finds its gene through a file's symbol -> Ensembl id table when the columns are Ensembl ids (`--gene_vocab`)."""
+        columns = set(self.gene_names)
+        out = []
+        for label in self.pert_names:
+            name = label
+            if label not in columns:
+                for f in self.files:
+                    if f.gene_ids is not None and f.gene_symbols.count(label) == 1 and f.gene_ids[f.gene_symbols.index(label)] in columns:
+                        name = f.gene_ids[f.gene_symbols.index(label)]
+                        break
+            out.append(name)
+        return out
+
     def describe_vocabulary(self) -> dict:
         """The names a set model's inputs and outputs are indexed by (saved in its checkpoints): genes in column order, perturbations
         (the control first), contexts, the held-out perturbations, the control label, the transform of each file and the set size."""

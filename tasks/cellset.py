@@ -57,6 +57,7 @@ class CellSetTask:
         train_pert_mean_g: np.ndarray | None = None,
         de_fdr: float = metrics.DE_FDR,
         is_log1p: bool = True,
+        target_names: list[str] | None = None,
     ):
         if len(pert_names) != n_perts:
             raise ValueError(f"pert_names has {len(pert_names)} names but n_perts={n_perts}")
@@ -73,8 +74,15 @@ class CellSetTask:
         self.train_pert_mean_g = None if train_pert_mean_g is None else np.asarray(train_pert_mean_g, dtype=np.float64)
         self.de_fdr = de_fdr
         self.is_log1p = is_log1p
-        self.target_gene_p = metrics.get_target_gene_indices(self.pert_names, self.gene_names)
+        # Target genes are looked up in the column vocabulary, as cell-eval looks a perturbation up in var (`score_label`).
+        self.target_names = list(target_names) if target_names is not None else list(self.pert_names)
+        self.target_gene_p = metrics.get_target_gene_indices(self.target_names, self.gene_names)
         self.gene_rank_g = metrics.get_name_rank(self.gene_names)  # DE ties broken as cell-eval breaks them
+
+    def score_label(self, pert: int) -> str:
+        """The label of perturbation `pert` in the AnnData cell-eval scores: its target gene's column name when it has one (so cell-eval
+        leaves the target out of PDS as the in-loop metric does), else its own label."""
+        return self.target_names[pert] if self.target_gene_p[pert] >= 0 else self.pert_names[pert]
 
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["ctrl"], batch["pert"], batch["cell_line"]).float()
@@ -108,6 +116,7 @@ def make_cellset_task(config: SetLossConfig, cells: CellSetData) -> CellSetTask:
         pert_names=cells.pert_names,
         context_names=cells.context_names,
         train_pert_mean_g=train_pert_mean_g,
+        target_names=cells.target_gene_names(),
     )
 
 
@@ -278,7 +287,7 @@ def score_with_cell_eval(model: nn.Module, task: CellSetTask, cells: CellSetData
     if not runtime.is_main:
         return {}
     names = cells.context_names
-    groups = [scoring.HeldOutGroup(names[p.context], cells.pert_names[p.pert], p.pred_ng, p.real_ng) for p in preds]
+    groups = [scoring.HeldOutGroup(names[p.context], task.score_label(p.pert), p.pred_ng, p.real_ng) for p in preds]
     ctrl = {names[c]: cells.read_control_cells(c) for c in sorted({p.context for p in preds})}
     runs = {
         "model": groups,
