@@ -127,6 +127,21 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_full_disk_while_logging_metrics_exits_4_naming_the_file(digits_dir, tmp_path, capsys):
+    """metrics.jsonl on a full device (a symlink to /dev/full: every write fails with ENOSPC): one `error:` line naming the file, exit 4."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink("/dev/full", out / "metrics.jsonl")
+    argv = ["--device", "cpu", "--tfds_data_dir", digits_dir, "--output_dir", str(out), "--epochs", "1", "--max_steps_per_epoch", "2"]
+    rc = main.cli([*argv, "--no-tensorboard", "--model", "tiny_cnn", "--log_every", "1"])
+    err = capsys.readouterr().err
+    assert rc == 4, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert re.match(r"error: could not write .*metrics\.jsonl \(No space left on device\); free space or fix permissions", lines[0]), lines[0]
+
+
 def test_full_disk_at_checkpoint_time_exits_4_and_keeps_the_earlier_checkpoint(digits_dir, tmp_path):
     """small_cnn's checkpoint (~2 MB with AdamW state) cannot be written under the limit:
     one `error:` line naming the file and the free space, exit 4, no traceback."""

@@ -59,7 +59,8 @@ class MetricLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(output_dpath, "tb"))
-        self.jsonl = fs.open_file(fs.join(output_dpath, "metrics.jsonl"), "a")
+        self.jsonl_fpath = fs.join(output_dpath, "metrics.jsonl")
+        self.jsonl = fs.open_file(self.jsonl_fpath, "a")
         self.flush_every_s = REMOTE_FLUSH_S if fs.is_remote(output_dpath) else 0.0
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
@@ -69,10 +70,13 @@ class MetricLogger:
             if self.writer is not None:
                 self.writer.add_scalar(f"{prefix}{k}", v, step)
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps({"step": step, **{f"{prefix}{k}": v for k, v in values.items()}}) + "\n")
-            if time.perf_counter() - self.t_flushed >= self.flush_every_s:
-                self.jsonl.flush()
-                self.t_flushed = time.perf_counter()
+            try:
+                self.jsonl.write(json.dumps({"step": step, **{f"{prefix}{k}": v for k, v in values.items()}}) + "\n")
+                if time.perf_counter() - self.t_flushed >= self.flush_every_s:
+                    self.jsonl.flush()
+                    self.t_flushed = time.perf_counter()
+            except OSError as e:
+                self._write_failed(e)
 
     def train_progress(self, step: int, epoch: int, n_epochs: int, values: dict[str, float], examples_per_step: int) -> None:
         """One console line with rate and ETA, plus the same scalars to tensorboard/jsonl."""
@@ -97,8 +101,22 @@ class MetricLogger:
             parts += [f"{rate * examples_per_step:.0f} ex/s", f"eta {format_duration(eta)}"]
         log.info("  ".join(parts))
 
+    def _write_failed(self, e: OSError) -> None:
+        """A full disk, a read-only mount or a vanished bucket while logging: exit 4 naming the file (checkpoints are written apart)."""
+        from utils.errors import OutputWriteError
+
+        jsonl, self.jsonl = self.jsonl, None  # nothing more goes to a file that failed; close() must not raise the same error again
+        try:
+            jsonl.close()
+        except OSError:
+            pass
+        raise OutputWriteError(f"could not write {self.jsonl_fpath} ({e.strerror or e}); free space or fix permissions, then rerun with --resume auto") from e
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         if self.jsonl is not None:
-            self.jsonl.close()
+            try:
+                self.jsonl.close()
+            except OSError as e:
+                self._write_failed(e)
