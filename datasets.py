@@ -206,9 +206,11 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
             "mixing makes the soft targets)"
         )
 
+    train_shards = ip.get_shards(builder, train_split)
+
     def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
         ds = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, **train_kw)
-        batches = ip.iterate_torch(ds, source=f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}")
+        batches = ip.iterate_torch(ds, source=f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}", shards=train_shards)
         # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see big_vision/mixup.py).
         return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, config.seed, epoch, start_step)
 
@@ -218,7 +220,9 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
         n_eval_batches=n_eval_batches,
         n_eval_examples=ip.get_num_examples(builder, eval_split),
         make_train_batches=train_batches,
-        make_eval_batches=lambda: ip.iterate_torch(eval_ds, source=f"{builder.info.full_name} split {eval_split!r} in {builder.data_dir}"),
+        make_eval_batches=lambda: ip.iterate_torch(
+            eval_ds, source=f"{builder.info.full_name} split {eval_split!r} in {builder.data_dir}", shards=ip.get_shards(builder, eval_split)
+        ),
         num_classes=num_classes,
         image_shape=_get_image_shape(train_spec),
         info={

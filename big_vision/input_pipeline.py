@@ -20,6 +20,7 @@ number of collective calls everywhere).
 import difflib
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -214,13 +215,50 @@ def _to_torch(name: str, x: np.ndarray) -> torch.Tensor:
     return t
 
 
-def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, source: str = "the TFDS dataset") -> Iterator[dict[str, torch.Tensor]]:
+# On a corrupt record, shards are scanned to name the damaged one only up to this many bytes in all (ImageNet's would take minutes).
+SCAN_CORRUPT_MAX_BYTES = 1 << 30
+
+
+def _tf_message(e: Exception) -> str:
+    """TF's error text without its graph-node and op decorations: `{{function_node ...}} corrupted record at 9 [Op:...]` -> `corrupted record at 9`."""
+    text = re.sub(r"\{\{[^}]*\}\}", "", str(e))
+    text = re.sub(r"\[Op:[^\]]*\].*", "", text, flags=re.S)
+    return " ".join(text.split()) or type(e).__name__
+
+
+def get_shards(builder, split: str) -> list[str]:
+    """The tfrecord files of `split` (a split name or TFDS slice such as `train[:90%]`: the whole split's files)."""
+    name = re.split(r"[\[+]", split, maxsplit=1)[0]
+    try:
+        return [str(f) for f in builder.info.splits[name].filepaths]
+    except (KeyError, AttributeError):
+        return []
+
+
+def find_corrupt_shards(shards: list[str], max_bytes: int = SCAN_CORRUPT_MAX_BYTES) -> list[str] | None:
+    """The shards whose records do not read (CRC or framing errors); None when they are too big to scan here."""
+    sizes = [tf.io.gfile.stat(str(f)).length for f in shards]
+    if sum(sizes) > max_bytes:
+        return None
+    bad = []
+    for f in shards:
+        try:
+            for _ in tf.data.TFRecordDataset(str(f)):
+                pass
+        except tf.errors.DataLossError:
+            bad.append(str(f))
+    return bad
+
+
+def iterate_torch(
+    ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, source: str = "the TFDS dataset", shards: list[str] | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
     """tf.data batches -> dicts of torch tensors (string features are dropped).
 
-    A corrupt record (TF's DataLossError, raised mid-epoch) becomes a `BadInputError` naming `source` (dataset, split, directory) and the
-    fix: the CLI prints one line and exits 2.
+    A corrupt record (TF's DataLossError, raised mid-epoch) becomes a `BadInputError` naming `source` (dataset, split, directory), the
+    damaged shard when `shards` are small enough to scan, and the fix: the CLI prints one line and exits 2.
     """
-    from utils.errors import BadInputError, first_line
+    from utils.errors import BadInputError
 
     it = ds.as_numpy_iterator()
     while True:
@@ -229,8 +267,10 @@ def iterate_torch(ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, sour
         except StopIteration:
             return
         except tf.errors.DataLossError as e:
+            bad = find_corrupt_shards(shards) if shards else None
+            where = f"; damaged shard(s): {', '.join(bad)}" if bad else (f"; one of its {len(shards)} shard(s)" if shards else "")
             raise BadInputError(
-                f"corrupt record in {source} ({first_line(e)}); the prepared files are damaged:"
+                f"corrupt record in {source} ({_tf_message(e)}{where}); the prepared files are damaged:"
                 " restore them, or delete that directory and prepare the dataset again"
             ) from e
         yield {k: _to_torch(k, v) for k, v in batch.items() if (keys is None or k in keys) and v.dtype != object}

@@ -116,9 +116,11 @@ def test_corrupt_tfrecord_mid_training_names_the_dataset(digits_dir, tmp_path, c
     assert rc == 2, err[-2000:]
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and re.search(r"corrupt record in sklearn_digits/1.0.0 split 'train' in .*tfds.*; the prepared files are damaged", lines[0]), err[
-        -2000:
-    ]
+    assert len(lines) == 1 and re.search(
+        r"corrupt record in sklearn_digits/1.0.0 split 'train' in .*tfds.* \(corrupted record at \d+; "
+        r"damaged shard\(s\): .*sklearn_digits-train\.tfrecord-00000-of-00001\); the prepared files are damaged",
+        lines[0],
+    ), err[-2000:]
 
 
 def _limit_file_size() -> None:
