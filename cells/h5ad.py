@@ -285,6 +285,13 @@ class H5adFile:
             step = max(1, SUMS_CHUNK_ELEMS // max(1, self.n_genes_file))
             for a in range(0, self.n_cells, step):
                 totals_n[a : a + step] = np.asarray(x[a : a + step], np.float64).sum(axis=1)
+        # This pass reads every value, so it also finds the nan/inf that the sampled check at open time can miss.
+        bad_n = ~np.isfinite(totals_n)
+        if bad_n.any():
+            raise ValueError(
+                f"{self.fpath}: {self.matrix} holds nan or inf values in {int(bad_n.sum())} cells (first: row {int(np.flatnonzero(bad_n)[0])}); "
+                "clean the matrix (e.g. np.nan_to_num) and save the file again: no transform makes them trainable"
+            )
         nonzero_n = totals_n[totals_n > 0]
         if len(nonzero_n) == 0:
             raise ValueError(f"{self.fpath}: every cell of {self.matrix} has zero counts; nothing to normalize")

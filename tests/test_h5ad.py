@@ -400,3 +400,19 @@ def test_target_sum_reaches_every_file(sim_fpath):
     assert median.files[0].target_sum != 1e4 and median.describe_vocabulary()["target_sums"] == [median.files[0].target_sum]
     fixed.close()
     median.close()
+
+
+def test_nan_outside_the_sampled_values_is_found_by_the_full_pass(tmp_path):
+    """The open-time check samples ~64k values; counts are normalized with a pass over every value, which finds the rest."""
+    import anndata
+    import scipy.sparse
+
+    x_ng = make_counts(3000, 300, seed=4)
+    csr = scipy.sparse.csr_matrix(x_ng)
+    assert csr.nnz > 100_000
+    csr.data[12_000] = np.nan  # between the first two sampled windows (starts 0 and ~nnz/7, 8192 values each)
+    row = int(np.searchsorted(csr.indptr, 12_000, side="right") - 1)
+    fpath = str(tmp_path / "nan.h5ad")
+    anndata.AnnData(X=csr, obs=make_obs(3000)).write_h5ad(fpath)
+    with pytest.raises(ValueError, match=rf"X holds nan or inf values in 1 cells \(first: row {row}\); clean the matrix"):
+        h5ad.H5adFile(fpath)
