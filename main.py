@@ -204,6 +204,9 @@ def cli(argv: list[str] | None = None) -> int:
             return e.code or 0
         print(e.code, file=sys.stderr)
         return 1
+    except BrokenPipeError:  # stdout's reader went away (`--list_models | head`): the shell's code for SIGPIPE, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (set-up, data, shut-down): nothing to save
         print("stopped: interrupted (SIGINT) outside the training loop; no checkpoint was written for it", file=sys.stderr)
         return 128 + signal.SIGINT

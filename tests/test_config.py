@@ -48,3 +48,20 @@ def test_resolved_args_round_trip_through_yaml(tmp_path):
     (tmp_path / "args.yaml").write_text(yaml.safe_dump(main.get_resolved_config(args)))
     again = main.parse_args(["--config", str(tmp_path / "args.yaml")])
     assert main.get_resolved_config(again) == main.get_resolved_config(args)
+
+
+def test_list_models_into_a_closed_pipe_is_not_a_traceback():
+    """`python main.py --list_models | head -1`: the reader closes the pipe early; the program exits 141 (SIGPIPE) without a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from tests import proc
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with proc.Popen([sys.executable, "main.py", "--list_models"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        child.stdout.close()  # the reader is gone before the list is written, as `head` that has read its lines
+        stderr = child.stderr.read().decode()
+        child.wait(timeout=120)
+    assert child.returncode == 141, stderr[-2000:]
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
