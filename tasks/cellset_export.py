@@ -81,6 +81,8 @@ def export(args: ExportRequest) -> str:
         raise ValueError(f"--context {args.context!r} is not one of the model's contexts {meta['context_names']}")
     if args.unseen not in ("error", "controls"):
         raise ValueError(f"--unseen {args.unseen!r} is not one of error, controls")
+    if args.n_controls is not None and args.n_controls < 1:
+        raise ValueError(f"--n_controls must be >= 1, got {args.n_controls} (a submission needs control cells)")
     control = meta["control_label"]
     counts = submission.read_pert_counts(args.pert_counts)
     genes = submission.read_gene_list(args.genes) if args.genes else list(meta["gene_names"])
