@@ -170,6 +170,19 @@ def _make_builder(config: DataConfig):
     return ip.make_builder(name, data_dpath), data_dpath
 
 
+def _make_mixup(config: DataConfig, num_classes: int, batch_per_process: int, train_spec: dict, pp_train: str):
+    """The host-side Mixup of the train batches (None when off); it needs int class labels under `label`."""
+    mixup = mixup_lib.make_mixup(config.mixup, num_classes, batch_per_process)
+    if mixup is not None:
+        log.info("train batches mixed on the host: %s", mixup)
+    if mixup is not None and ("label" not in train_spec or train_spec["label"].shape.rank != 1):
+        raise ValueError(
+            f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: "
+            "mixing makes the soft targets)"
+        )
+    return mixup
+
+
 def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> Data:
     from big_vision import input_pipeline as ip
 
@@ -197,14 +210,7 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
     )
     train_spec = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, **train_kw).element_spec
     num_classes = check_num_classes(config.num_classes, builder, train_spec, pp_train)
-    mixup = mixup_lib.make_mixup(config.mixup, num_classes, batch_per_process)
-    if mixup is not None:
-        log.info("train batches mixed on the host: %s", mixup)
-    if mixup is not None and ("label" not in train_spec or train_spec["label"].shape.rank != 1):
-        raise ValueError(
-            f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: "
-            "mixing makes the soft targets)"
-        )
+    mixup = _make_mixup(config, num_classes, batch_per_process, train_spec, pp_train)
 
     train_shards = ip.get_shards(builder, train_split)
 
