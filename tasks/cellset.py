@@ -234,17 +234,14 @@ class GroupPrediction:
     real_ng: np.ndarray
 
 
-def predict_held_out(model: nn.Module, task: CellSetTask, cells: CellSetData, runtime) -> list[GroupPrediction]:
-    """Predict every held-out group at its real size from seeded control sets (`CellSetData.full_eval_sets`), in whole batches of the
-    eval shape (masked padding sets), so a compiled eval step is reused; every process predicts every group."""
+def _predict_sets(model: nn.Module, cells: CellSetData, runtime, keyed_sets: list[tuple[object, int, CellSet]]) -> dict:
+    """Predicted cells of each (key, k, set), in whole batches of the eval shape (masked padding sets, so a compiled step is reused):
+    {key: [prediction of set 0, 1, ...] in k order}, each float32 [s, g], with the real `target` cells beside them."""
+    pending = sorted(keyed_sets, key=lambda item: item[2].file_idx)  # make_batch groups sets by file (stably): sorted here, its order is ours
+    parts: dict = collections.defaultdict(list)
+    b = cells.batch_size
     was_training = model.training
     model.eval()
-    full = cells.full_eval_sets()
-    pending = [(gi, k, x) for gi, (_, sets) in enumerate(full) for k, x in enumerate(sets)]
-    pending.sort(key=lambda item: item[2].file_idx)  # make_batch groups sets by file (stably): sorted here, its order is ours
-    pred_parts: dict[int, list] = collections.defaultdict(list)
-    real_parts: dict[int, list] = collections.defaultdict(list)
-    b = cells.batch_size
     for start in range(0, len(pending), b):
         chunk = pending[start : start + b]
         # Padding copies the last set, whose file sorts last: make_batch's stable sort keeps every row where it is.
@@ -252,19 +249,28 @@ def predict_held_out(model: nn.Module, task: CellSetTask, cells: CellSetData, ru
         host = cells.make_batch(sets)
         batch = runtime.to_device(host)
         with torch.no_grad(), runtime.autocast():
-            pred_bsg = task.predict(model, batch)
-        pred_bsg = pred_bsg.float().cpu().numpy()
-        for i, (gi, k, _) in enumerate(chunk):
-            pred_parts[gi].append((k, pred_bsg[i]))
-            real_parts[gi].append((k, host["target"][i].numpy()))
+            pred_bsg = model(batch["ctrl"], batch["pert"], batch["cell_line"]).float().cpu().numpy()
+        for i, (key, k, _) in enumerate(chunk):
+            parts[key].append((k, pred_bsg[i], host["target"][i].numpy()))
     model.train(was_training)
+    return {key: sorted(v, key=lambda item: item[0]) for key, v in parts.items()}
+
+
+def _first_cells(parts: list, n: int, which: int) -> np.ndarray:
+    return np.concatenate([part[which] for part in parts])[:n]
+
+
+def predict_held_out(model: nn.Module, task: CellSetTask, cells: CellSetData, runtime) -> list[GroupPrediction]:
+    """Predict every held-out group at its real size from seeded control sets (`CellSetData.full_eval_sets`); every process predicts
+    every group."""
+    full = cells.full_eval_sets()
+    parts = _predict_sets(model, cells, runtime, [(gi, k, x) for gi, (_, sets) in enumerate(full) for k, x in enumerate(sets)])
     out = []
     for gi, (group, _) in enumerate(full):
         n = len(group.rows)
         # Clipped at 0: expression (log1p) is never negative, cell-eval refuses negative values and a submission must not have any.
-        pred_ng = np.maximum(np.concatenate([v for _, v in sorted(pred_parts[gi], key=lambda kv: kv[0])])[:n], 0.0)
-        real_ng = np.concatenate([v for _, v in sorted(real_parts[gi], key=lambda kv: kv[0])])[:n]
-        out.append(GroupPrediction(group.context, group.pert, pred_ng, real_ng))
+        pred_ng = np.maximum(_first_cells(parts[gi], n, 1), 0.0)
+        out.append(GroupPrediction(group.context, group.pert, pred_ng, _first_cells(parts[gi], n, 2)))
     return out
 
 
@@ -319,24 +325,12 @@ def predict_perturbations(model: nn.Module, cells: CellSetData, runtime, context
     `cells_per_set` predicted from its own seeded control set of that context (every file that has it); clipped at 0."""
     ctx = cells.context_names.index(context)
     pools = [(fi, rows) for (fi, c), rows in sorted(cells.control_pools.items()) if c == ctx]
-    s, b = cells.cells_per_set, cells.batch_size
-    pending = []
+    s = cells.cells_per_set
+    keyed = []
     for p, n in n_cells.items():
         for k in range(-(-n // s)):
             fi, pool = pools[k % len(pools)]
             ctrl_s = sample_rows(seeded_rng(seed, KEY_EXPORT, p, k), pool, s)
-            pending.append((p, k, CellSet(fi, p, ctx, ctrl_s, ctrl_s)))
-    pending.sort(key=lambda item: item[2].file_idx)
-    parts: dict[int, list] = collections.defaultdict(list)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(pending), b):
-        chunk = pending[start : start + b]
-        sets = [x for _, _, x in chunk] + [dataclasses.replace(chunk[-1][2], mask=False)] * (b - len(chunk))
-        batch = runtime.to_device(cells.make_batch(sets))
-        with torch.no_grad(), runtime.autocast():
-            pred_bsg = model(batch["ctrl"], batch["pert"], batch["cell_line"]).float().cpu().numpy()
-        for i, (p, k, _) in enumerate(chunk):
-            parts[p].append((k, pred_bsg[i]))
-    model.train(was_training)
-    return {p: np.maximum(np.concatenate([v for _, v in sorted(parts[p], key=lambda kv: kv[0])])[:n], 0.0) for p, n in n_cells.items()}
+            keyed.append((p, k, CellSet(fi, p, ctx, ctrl_s, ctrl_s)))
+    parts = _predict_sets(model, cells, runtime, keyed)
+    return {p: np.maximum(_first_cells(parts[p], n, 1), 0.0) for p, n in n_cells.items()}

@@ -17,7 +17,7 @@ import torch
 
 import models
 from cells import submission
-from cells.sets import make_cellset_data
+from cells.sets import DEFAULT_EVAL_FRAC, make_cellset_data
 from tasks.cellset import predict_perturbations
 from utils import checkpoint as ckpt
 from utils.device import make_runtime
@@ -36,12 +36,18 @@ def load_model(state: dict, meta: dict, use_ema: bool) -> torch.nn.Module:
     return model
 
 
-def open_controls(state: dict, meta: dict, h5ad_paths: list[str] | None, tmp_dpath: str):
-    """The checkpoint's files (or `h5ad_paths`) read with its columns, transform and gene order, as `CellSetData` (for its control pools)."""
-    flags = state["args"]
+def open_checkpoint_data(state: dict, tmp_dpath: str, h5ad_paths: list[str] | None = None, *, held_out: bool = False):
+    """The checkpoint's files (or `h5ad_paths`) as `CellSetData`, read with its columns, matrix, transform and gene order; with
+    `held_out`, its held-out split too (the same perturbations and contexts as in training)."""
+    flags, meta = state["args"], state["data"]
     vocab_fpath = os.path.join(tmp_dpath, "genes.txt")
     with open(vocab_fpath, "w") as fd:
         fd.write("\n".join(meta["gene_names"]) + "\n")
+    split = {}
+    if held_out:
+        split = dict(eval_perts=flags.get("eval_perts"), eval_frac=flags["eval_frac"], eval_contexts=flags["eval_contexts"], seed=flags["seed"])
+        if split["eval_perts"] is None and not split["eval_frac"]:
+            split["eval_frac"] = DEFAULT_EVAL_FRAC  # as training resolved it (`CellSetConfig.get_eval_frac`)
     return make_cellset_data(
         h5ad_paths or flags["h5ad_path"],
         pert_col=flags["pert_col"],
@@ -53,6 +59,7 @@ def open_controls(state: dict, meta: dict, h5ad_paths: list[str] | None, tmp_dpa
         matrix=flags.get("h5ad_matrix", "X"),
         target_sum=flags.get("h5ad_target_sum", 1e4),  # runs from before the flag normalized to 1e4
         gene_vocab=vocab_fpath,
+        **split,
     )
 
 
@@ -101,7 +108,7 @@ def export(args: ExportRequest) -> str:
     runtime = make_runtime(args.device)
     model = load_model(state, meta, args.ema).to(runtime.device)
     with tempfile.TemporaryDirectory() as tmp:
-        cells = open_controls(state, meta, args.h5ad_path, tmp)
+        cells = open_checkpoint_data(state, tmp, args.h5ad_path)
         cells.batch_size = int(state["args"].get("batch_size", 8))
         wanted = {index.get(p, meta["pert_names"].index(control)): n for p, n in counts.items() if p != control}
         pred = predict_perturbations(model, cells, runtime, args.context, wanted, seed=args.seed)

@@ -30,18 +30,25 @@ def cells(tmp_path_factory):
     data.cells.close()
 
 
-def test_in_loop_metrics_equal_cell_eval_on_the_same_cells(cells, tmp_path):
-    task = make_cellset_task(SetLossConfig(), cells)
-    rng = np.random.default_rng(0)
+def _noisy_oracle(cells, task, noise: float, seed: int):
+    """Every held-out group's real cells and a noisy copy of them as predictions: the same cells for cell-eval (groups labelled as the
+    scoring path labels them) and for the in-loop accumulator (records, plus each context's control cells)."""
+    rng = np.random.default_rng(seed)
     groups, records = [], []
     ctrl = {c: cells.read_control_cells(c) for c in sorted({g.context for g in cells.eval_groups})}
     for g in cells.eval_groups:
         real_ng = np.empty((len(g.rows), cells.n_genes), np.float32)
         cells.files[g.file_idx].read_rows_into(g.rows.astype(np.int64), real_ng)
-        pred_ng = np.clip(real_ng + rng.normal(0.0, 0.3, real_ng.shape), 0.0, None).astype(np.float32)
-        groups.append(scoring.HeldOutGroup(cells.context_names[g.context], cells.pert_names[g.pert], pred_ng, real_ng))
+        pred_ng = np.clip(real_ng + rng.normal(0.0, noise, real_ng.shape), 0.0, None).astype(np.float32)
+        groups.append(scoring.HeldOutGroup(cells.context_names[g.context], task.score_label(g.pert), pred_ng, real_ng))
         records.append(SetRecord(g.context, g.pert, 0.0, pred_ng, real_ng, np.zeros((0, cells.n_genes), np.float32)))
-    records += [SetRecord(c, cells.control_index, 0.0, v, v, v) for c, v in ctrl.items()]  # the control cells of each context
+    records += [SetRecord(c, cells.control_index, 0.0, v, v, v) for c, v in ctrl.items()]
+    return groups, records, ctrl
+
+
+def test_in_loop_metrics_equal_cell_eval_on_the_same_cells(cells, tmp_path):
+    task = make_cellset_task(SetLossConfig(), cells)
+    groups, records, ctrl = _noisy_oracle(cells, task, noise=0.3, seed=0)
     ours = CellSetAccumulator(task).result({}, records)
     theirs = scoring.score_groups(
         groups, {cells.context_names[c]: v for c, v in ctrl.items()}, cells.gene_names, cells.pert_names[0], str(tmp_path), profile="vcc"
@@ -79,16 +86,7 @@ def test_ensembl_columns_find_symbol_targets_and_pds_still_equals_cell_eval(tmp_
     assert cells.gene_names[0].startswith("ENSG") and not cells.pert_names[1].startswith("ENSG")
     assert (task.target_gene_p[1:] >= 0).all(), "every perturbation's target found among the Ensembl columns"
     assert task.score_label(1) == cells.gene_names[task.target_gene_p[1]]
-    rng = np.random.default_rng(1)
-    groups, records = [], []
-    ctrl = {c: cells.read_control_cells(c) for c in sorted({g.context for g in cells.eval_groups})}
-    for g in cells.eval_groups:
-        real_ng = np.empty((len(g.rows), cells.n_genes), np.float32)
-        cells.files[g.file_idx].read_rows_into(g.rows.astype(np.int64), real_ng)
-        pred_ng = np.clip(real_ng + rng.normal(0.0, 0.5, real_ng.shape), 0.0, None).astype(np.float32)
-        groups.append(scoring.HeldOutGroup(cells.context_names[g.context], task.score_label(g.pert), pred_ng, real_ng))
-        records.append(SetRecord(g.context, g.pert, 0.0, pred_ng, real_ng, np.zeros((0, cells.n_genes), np.float32)))
-    records += [SetRecord(c, cells.control_index, 0.0, v, v, v) for c, v in ctrl.items()]
+    groups, records, ctrl = _noisy_oracle(cells, task, noise=0.5, seed=1)
     ours = CellSetAccumulator(task).result({}, records)
     theirs = scoring.score_groups(
         groups, {cells.context_names[c]: v for c, v in ctrl.items()}, cells.gene_names, cells.pert_names[0], str(tmp_path / "ce"), profile="vcc"

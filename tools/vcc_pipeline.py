@@ -15,37 +15,23 @@ import csv
 import json
 import os
 import sys
+import tempfile
 
 import anndata
 import numpy as np
 
 import main as train_main
 from cells import scoring, submission
-from tasks.cellset_export import ExportRequest, export
+from tasks.cellset_export import ExportRequest, export, open_checkpoint_data
 from utils import checkpoint as ckpt
 
 RECIPE = os.path.join("train", "recipes", "cellset_sim.yaml")
 
 
 def real_held_out(state: dict, context: str):
-    """The real held-out cells of `context` and its control cells, transformed and in gene order as the model saw them (a real AnnData)."""
-    from cells.sets import make_cellset_data
-
-    flags, meta = state["args"], state["data"]
-    cells = make_cellset_data(
-        flags["h5ad_path"],
-        pert_col=flags["pert_col"],
-        context_col=flags["context_col"],
-        control_label=meta["control_label"],
-        cells_per_set=meta["cells_per_set"],
-        batch_size=1,
-        transform=flags["h5ad_transform"],
-        matrix=flags.get("h5ad_matrix", "X"),
-        target_sum=flags.get("h5ad_target_sum", 1e4),  # runs from before the flag normalized to 1e4
-        eval_frac=flags["eval_frac"],
-        eval_contexts=flags["eval_contexts"],
-        seed=flags["seed"],
-    )
+    """The real held-out cells of `context` and its control cells, transformed and in gene order as the model saw them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cells = open_checkpoint_data(state, tmp, held_out=True)
     ctx = cells.context_names.index(context)
     groups = []
     for g in cells.eval_groups:
