@@ -20,10 +20,10 @@ import threading
 
 import h5py
 import numpy as np
-import scipy.sparse
 
+from cells import kernels, storage
 from cells.genes import ENSEMBL_RE, GeneMap, strip_version
-from cells.storage import ArraySource, ChunkedMemmap, NotMappable, concat_ranges
+from cells.storage import ArraySource, ChunkedMemmap, NotMappable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,18 @@ ENSEMBL_COLUMNS = ("gene_id", "gene_ids", "ensembl_id", "ensembl_ids", "gene_ens
 SYMBOL_COLUMNS = ("gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name", "symbol")
 H5_CHUNK_CACHE_BYTES = 64 << 20  # decoded-chunk cache of the h5py path (cell-load uses the same 64 MiB)
 ROW_CACHE_ELEMS = 1 << 24  # LRU row cache of the h5py path: up to 16M nonzeros (~128 MiB of data + indices)
+
+
+_NO_COL_MAP = np.zeros(0, np.int32)  # `kernels.densify_rows` with an empty column map keeps the file's gene order
+
+
+def _common_piece_len(*sources: ArraySource | ChunkedMemmap) -> int | None:
+    """The length at which to cut ranges so every piece stays within one chunk of each source: None (no chunks), the smaller chunk length
+    when it divides the larger, or -1 when it does not (then the pieces cannot address both arrays)."""
+    lens = sorted({s.chunk_len for s in sources if s.chunk_len is not None})
+    if not lens:
+        return None
+    return lens[0] if all(n % lens[0] == 0 for n in lens) else -1
 
 
 def _close(name: str, options: list[str]) -> str:
@@ -250,7 +262,7 @@ class H5adFile:
                 self._data_src, self._indices_src = ArraySource(x["data"][:]), ArraySource(x["indices"][:])
             else:
                 self._dense_src = x[:]
-            n_bytes = sum(a.flat.nbytes for a in (self._data_src, self._indices_src)) if self.sparse else self._dense_src.nbytes
+            n_bytes = sum(a.view.nbytes for a in (self._data_src, self._indices_src)) if self.sparse else self._dense_src.nbytes
             self._log("%s: loaded X into RAM (%.0f MiB)", self.fpath, n_bytes / 2**20)
         else:
             try:
@@ -344,7 +356,7 @@ class H5adFile:
         if gene_map is None:
             self._file_to_out_g, self.n_genes_out = None, self.n_genes_file
             return
-        file_to_out_g = np.full(self.n_genes_file, -1, np.int32 if len(gene_map.vocab_to_file_g) < 2**31 else np.int64)  # int32 keeps scipy's indices int32
+        file_to_out_g = np.full(self.n_genes_file, -1, np.int32 if len(gene_map.vocab_to_file_g) < 2**31 else np.int64)
         matched = gene_map.vocab_to_file_g >= 0
         file_to_out_g[gene_map.vocab_to_file_g[matched]] = np.flatnonzero(matched)
         self._file_to_out_g, self.n_genes_out = file_to_out_g, len(gene_map.vocab_to_file_g)
@@ -369,26 +381,27 @@ class H5adFile:
         if not self.sparse:
             self._read_dense_into(rows_n, out_ng)
             return
+        data_m, data_addr_q, indices_m, indices_addr_q, len_q, qptr_n = self._csr_pieces(rows_n)
+        target_sum = self.target_sum if self.transform == "log1p" else 0.0
+        col_map_g = _NO_COL_MAP if self._file_to_out_g is None else self._file_to_out_g
+        kernels.densify_rows(data_m, indices_m, data_addr_q, indices_addr_q, len_q, qptr_n, float(target_sum), col_map_g, out_ng)
+
+    def _csr_pieces(self, rows_n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(data, data positions, indices, indices positions, lengths, row pointer) of the requested rows' nonzeros, as `kernels.densify_rows` reads them.
+
+        memmap and RAM: pieces address the file's mapping (or the arrays in RAM) directly, cut where a chunk of either array ends; otherwise (h5py reads, chunk
+        sizes that do not divide each other, chunks at mixed byte residues) the nonzeros are gathered first and the pieces address the gathered copy.
+        """
+        starts_n = self._indptr[rows_n]
+        lens_n = self._indptr[rows_n + 1] - starts_n
+        piece_len = _common_piece_len(self._data_src, self._indices_src) if self.backend != "h5py" else -1
+        if piece_len != -1 and self._data_src.view is not None and self._indices_src.view is not None:
+            start_q, len_q, qptr_n = storage.split_ranges(starts_n, lens_n, piece_len)
+            return self._data_src.view, self._data_src.addresses(start_q), self._indices_src.view, self._indices_src.addresses(start_q), len_q, qptr_n
         data_m, cols_m, lens_n = self._gather_csr(rows_n)
-        values_m = data_m.astype(np.float32, copy=False)
-        if self.transform == "log1p":
-            # normalize_total over all genes of the file, then log1p: zeros stay zeros, so the transform runs on the nonzeros only.
-            csum_m = np.concatenate([[0.0], np.cumsum(data_m, dtype=np.float64)])
-            ends_n = np.cumsum(lens_n)
-            sums_n = csum_m[ends_n] - csum_m[ends_n - lens_n]
-            scale_n = np.where(sums_n > 0, self.target_sum / np.maximum(sums_n, 1e-12), 0.0).astype(np.float32)
-            values_m = np.log1p(values_m * np.repeat(scale_n, lens_n))
-        if self._file_to_out_g is not None:
-            cols_m = np.take(self._file_to_out_g, cols_m)
-            dropped_m = cols_m < 0
-            if dropped_m.any():
-                # Genes outside the vocab become a 0 added to column 0: cheaper than re-cutting indptr, and the densify sums duplicates.
-                cols_m[dropped_m] = 0
-                values_m = np.where(dropped_m, np.float32(0), values_m)
-        indptr_n = np.zeros(len(rows_n) + 1, np.int32 if len(values_m) < 2**31 else np.int64)
-        np.cumsum(lens_n, out=indptr_n[1:])
-        # scipy's C densify zeroes `out` and writes each row; no index arrays of size m * g on the Python side.
-        scipy.sparse.csr_matrix((values_m, cols_m, indptr_n), shape=out_ng.shape).toarray(out=out_ng)
+        qptr_n = np.arange(len(lens_n) + 1, dtype=np.int64)
+        addr_n = np.cumsum(lens_n) - lens_n
+        return data_m, addr_n, cols_m, addr_n, lens_n.astype(np.int64), qptr_n
 
     def _gather_csr(self, rows_n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(data [m], column indices [m], nonzeros per row [n]) of the rows in the requested order (duplicates allowed)."""
@@ -396,10 +409,6 @@ class H5adFile:
         lens_n = self._indptr[rows_n + 1] - starts_n
         if self.backend != "h5py":
             # memmap and RAM: a gather in request order costs the same as a sorted one and needs no permutation back.
-            data_flat, indices_flat = self._data_src.flat, self._indices_src.flat
-            if data_flat is not None and indices_flat is not None:
-                idx_m = concat_ranges(starts_n, lens_n)  # same element positions in both arrays: build them once
-                return np.take(data_flat, idx_m), np.take(indices_flat, idx_m), lens_n
             return self._data_src.take_ranges(starts_n, lens_n), self._indices_src.take_ranges(starts_n, lens_n), lens_n
         unique_u = np.unique(rows_n)
         with self._lock:

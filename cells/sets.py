@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from cells import genes, h5ad
+from cells import buffers, genes, h5ad
 from cells.groups import (
     KEY_BASELINE,
     KEY_CTRL,
@@ -42,9 +42,9 @@ from utils import settings
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2  # bounded: a batch of 16 sets x 2 x 512 cells x 18k genes is ~1.2 GB
-# one reader thread already keeps ahead of a device step here;
-# on 2 busy cores a second one cost more CPU per set than it saved (tools/bench_h5ad.py --read_threads)
-READ_THREADS = 1
+# the compiled row reader (cells/kernels.py) releases the GIL, so two threads read about twice as many sets per second as one at the same
+# CPU time per set (tools/bench_h5ad.py --read_threads 1 vs 2: 540 vs 847 sets/s on 2 cores); more only helps with more idle cores
+READ_THREADS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +137,7 @@ class CellSetData:
         per_round = batch_size * process_count
         self.eval_steps = -(-self.n_eval_sets // per_round)  # batches per process, equal on all processes
         self._eval_sets = self._make_eval_sets()
+        self._buffers = buffers.BufferPool(prefetch + read_threads + 2)  # read ahead, being read, held by the step, just released
 
     def iter_train_sets(self, epoch: int) -> Iterator[CellSet]:
         """This process's `steps_per_epoch * batch_size` training sets of `epoch`, in order."""
@@ -246,7 +247,7 @@ class CellSetData:
         sets are grouped by file (stable) so each file fills contiguous rows."""
         sets = sorted(sets, key=lambda x: x.file_idx)
         b, s, g = len(sets), self.cells_per_set, self.n_genes
-        buf_2bsg = np.empty((2, b, s, g), np.float32)  # [0] controls, [1] perturbed cells; every row is written by the reader
+        buf_2bsg = self._buffers.get((2, b, s, g))  # [0] controls, [1] perturbed cells; every row is written by the reader
         file_b = np.array([x.file_idx for x in sets])
         if len(set(file_b.tolist())) == 1:
             rows_n = np.concatenate([x.ctrl_s for x in sets] + [x.rows_s for x in sets])

@@ -1,10 +1,12 @@
 """Benchmark cell-set reading from a shuffled CSR `.h5ad`: our reader (cells.h5ad + cells.sets) against a naive AnnData backed loader.
 
-Both read the same sets (same seed, `cells_per_set` perturbed + as many control cells, dense float32, no transform) in the same run, in
-turns of timed windows (median of `--repeats`) of repeated passes over the set list:
+Both read the same sets (same seed, `cells_per_set` perturbed + as many control cells, dense float32, `--transform`, default none) in the
+same run, in turns of timed windows (median of `--repeats`) of repeated passes over the set list:
 - naive: `adata = anndata.read_h5ad(path, backed="r")`, per set `adata[sorted_unique_idx].X.toarray()` (a typical research loader);
 - ours (per set): `CellSetData.make_batch([set])` on the calling thread;
-- ours (pipeline): `CellSetData.train_batches` with `--batch_size` sets per batch read ahead by `--read_threads` background threads, as training consumes it.
+- ours (pipeline): `CellSetData.train_batches` with `--batch_size` sets per batch read ahead by `--read_threads` background threads, as training consumes it;
+- bound: our reader on runs of consecutive rows (the same number of rows per set, read in file order): the rate when every access is sequential, the
+  limit a shuffled file's random rows are measured against.
 
 Usage: python -m tools.bench_h5ad [--path FILE.h5ad] [--n_cells 200000 --n_genes 2000] [--seconds 20]
 """
@@ -53,6 +55,9 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="windows per reader; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in_memory", action="store_true", help="also time --h5ad_in_memory")
+    parser.add_argument(
+        "--transform", default="none", choices=("none", "log1p"), help="log1p: normalize_total + log1p on read (raw counts), as training on counts does"
+    )
     return parser.parse_args()
 
 
@@ -74,6 +79,14 @@ def make_readers(args: argparse.Namespace, data, sets: list, adata) -> dict[str,
             data.make_batch([x])
             yield 1
 
+    def sequential_pass() -> Iterator[int]:
+        rows_per_set = 2 * args.cells_per_set
+        out_ng = np.empty((rows_per_set, h5file.n_genes_out), np.float32)
+        for k in range(len(sets)):
+            first = (k * rows_per_set) % max(1, h5file.n_cells - rows_per_set)
+            h5file.read_rows_into(np.arange(first, first + rows_per_set), out_ng)
+            yield 1
+
     def ours_pipeline_pass() -> Iterator[int]:
         for batch in data.train_batches(0):
             yield len(batch["pert"])
@@ -82,12 +95,15 @@ def make_readers(args: argparse.Namespace, data, sets: list, adata) -> dict[str,
         "naive AnnData backed": naive_pass,
         "ours, one set at a time": ours_set_pass,
         f"ours, pipeline (batch {args.batch_size}, {args.read_threads} read threads)": ours_pipeline_pass,
+        "bound: ours on consecutive rows, one set at a time": sequential_pass,
     }
 
 
 def bench(args: argparse.Namespace, path: str) -> tuple[dict[str, list[tuple[float, float]]], dict]:
     """Time every reader on `path`; returns the rates per reader and what the report needs besides."""
-    kwargs = dict(cells_per_set=args.cells_per_set, batch_size=args.batch_size, transform="none", seed=args.seed, read_threads=args.read_threads)
+    kwargs = dict(
+        cells_per_set=args.cells_per_set, batch_size=args.batch_size, transform=args.transform, target_sum=1e4, seed=args.seed, read_threads=args.read_threads
+    )
     start = time.perf_counter()
     data = cell_sets.make_cellset_data([path], **kwargs)
     setup_ours = time.perf_counter() - start
@@ -98,8 +114,10 @@ def bench(args: argparse.Namespace, path: str) -> tuple[dict[str, list[tuple[flo
     adata = anndata.read_h5ad(path, backed="r")
     setup_naive = time.perf_counter() - start
 
-    # Same rows, same values: the comparison is of equal work.
-    check = data.make_batch([sets[0]])
+    # Same rows, same values: the comparison is of equal work (the naive reader does no transform: compare untransformed reads).
+    plain = cell_sets.make_cellset_data([path], **{**kwargs, "transform": "none"})
+    check = plain.make_batch([sets[0]])
+    plain.close()
     unique_u, inverse = np.unique(sets[0].rows_s, return_inverse=True)
     assert np.array_equal(check["target"][0].numpy(), adata[unique_u].X.toarray()[inverse]), "ours and naive disagree"
 
@@ -124,8 +142,8 @@ def print_report(args: argparse.Namespace, rates: dict[str, list[tuple[float, fl
     naive, naive_cpu = np.median(np.array(rates["naive AnnData backed"]), axis=0)
     print(
         f"file: {args.n_cells if args.path is None else h5file.n_cells} cells x {h5file.n_genes_file} genes, CSR, backend {h5file.backend}; "
-        f"set = {args.cells_per_set} perturbed + {args.cells_per_set} control cells, dense float32; {info['n_sets']} sets per pass; "
-        f"median of {args.repeats} windows of {args.seconds:g} s"
+        f"set = {args.cells_per_set} perturbed + {args.cells_per_set} control cells, dense float32, transform {args.transform}; "
+        f"{info['n_sets']} sets per pass; median of {args.repeats} windows of {args.seconds:g} s"
     )
     print(f"setup: ours {info['setup_ours']:.2f} s, naive {info['setup_naive']:.2f} s")
     for name, values in rates.items():
