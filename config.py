@@ -31,6 +31,7 @@ DESCRIPTION = (
     "With no arguments it trains the default model on the embedded digits dataset on CPU."
 )
 NOT_CONFIG = ("help", "config", "list_models")  # flags that are not part of a run's configuration
+MAPPING_FLAGS = ("model_kwargs",)  # flags whose recipe value may be a YAML mapping (on the command line: the mapping as YAML/JSON text)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -54,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop_path_rate", type=float, default=None)
     g.add_argument("--img_size", type=int, default=None, help="passed to models that take it (ViTs)")
     g.add_argument("--init_checkpoint", default=None, help="start from these weights (our checkpoint, timm state dict or .safetensors)")
+    g.add_argument(
+        "--model_kwargs",
+        default=None,
+        metavar="MAPPING",
+        help="more constructor arguments as YAML/JSON, e.g. '{global_pool: avg, class_token: false, pos_embed: sincos}' (checked against the model)",
+    )
 
     g = p.add_argument_group("data / TFDS")
     g.add_argument("--data_set", default="digits", help="digits (embedded, offline) | tfds | h5ad")
@@ -228,6 +235,8 @@ def _check_type(parser: argparse.ArgumentParser, key: str, value, action: argpar
         if not isinstance(value, bool):
             parser.error(f"config key {key!r} has value {value!r}; use true or false")
         return value
+    if isinstance(value, dict) and key in MAPPING_FLAGS:
+        return value  # its component parses and checks it
     if isinstance(value, dict | bool) and action.type is not None:
         parser.error(f"config key {key!r} has value {value!r}, which is not a valid {action.type.__name__}")
     if action.type is None:

@@ -1,6 +1,7 @@
 """Model registry: our `@register_model` functions plus everything timm registers."""
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable
 
@@ -44,6 +45,29 @@ _UNEXPECTED_RE = re.compile(r"unexpected keyword argument '(\w+)'")
 _MISSING_RE = re.compile(r"missing \d+ required (?:positional|keyword-only) arguments?: (.+)$")
 
 
+def get_model_arg_names(name: str) -> list[str]:
+    """The keyword arguments `name` takes: its registered function's and its model class's (a timm entrypoint passes **kwargs to the class)."""
+    fn = _MODELS.get(name) or timm.models.model_entrypoint(name)
+    names = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    try:
+        with torch.device("meta"):
+            model = create_model(name)
+    except Exception:
+        return sorted(set(names) - {"pretrained"})
+    for cls in type(model).__mro__:
+        if cls is torch.nn.Module:
+            break
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            names += [p.name for p in inspect.signature(init).parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    return sorted(set(names) - {"pretrained"})
+
+
+def _close_args(name: str, key: str) -> str:
+    close = difflib.get_close_matches(key, get_model_arg_names(name), n=3, cutoff=0.6)
+    return f"; close matches: {', '.join(close)}" if close else ""
+
+
 def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = None, hint: str = "") -> None:
     """Build `name` with `kwargs` on the meta device (no memory, no init cost) and turn a constructor TypeError into a ValueError that names the flag.
 
@@ -62,8 +86,8 @@ def check_model_kwargs(name: str, kwargs: dict, flags: dict[str, str] | None = N
             key = m.group(1)
             if key in flags:
                 raise ValueError(
-                    f"{flags[key]} {kwargs[key]} does not apply to model {name!r} (its constructor takes no {key!r}); drop {flags[key]}, "
-                    "or pick a model that takes it"
+                    f"{flags[key]} {kwargs[key]} does not apply to model {name!r} (its constructor takes no {key!r}{_close_args(name, key)}); "
+                    f"drop {flags[key].split()[0]}{' ' + key if ' ' in flags[key] else ''}, or pick a model that takes it"
                 ) from e
             raise ValueError(f"model {name!r} does not take {key!r}, which this data provides" + (f"; {hint}" if hint else "")) from e
         if m := _MISSING_RE.search(message):
