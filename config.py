@@ -10,6 +10,7 @@ the one module that knows argparse.
 import argparse
 import dataclasses
 import difflib
+import logging
 import os
 
 import yaml
@@ -63,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("data / TFDS")
-    g.add_argument("--data_set", default="digits", help="digits (embedded, offline) | tfds | h5ad")
+    g.add_argument("--data_set", default="digits", help="digits (embedded, offline) | photos (embedded ImageNet-like JPEGs, offline) | tfds | h5ad")
     g.add_argument("--tfds_name", default=None, help="TFDS dataset name, e.g. imagenet2012 (with --data_set tfds)")
     g.add_argument("--tfds_data_dir", default=None, help="prepared TFDS data dir, local or gs:// (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     g.add_argument("--tfds_train_split", default="train")
@@ -214,6 +215,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast on XLA and CUDA)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap the steps per epoch (smoke runs)")
+    g.add_argument(
+        "--smoke",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="big_vision's runlocal: run the recipe as it is on a tiny model of its family, embedded data, batch 8 and 2 steps (changes are logged)",
+    )
 
     g = p.add_argument_group("logging / checkpoints")
     g.add_argument("--output_dir", default="output/default", help="checkpoints, args.yaml, tensorboard events, metrics.jsonl")
@@ -328,6 +335,45 @@ def _check_combination(s: Settings) -> None:
         raise ValueError("--kd distils classifier logits; --data_set h5ad trains a set model (no teacher logits)")
 
 
+# --smoke: the tiny timm model of each family (name prefix); other models become small_cnn; ours and timm's test_* stay.
+SMOKE_MODELS = (("vit_", "test_vit"), ("deit_", "test_vit"), ("convnext", "test_convnext"), ("resnet", "test_resnet"), ("efficientnet", "test_efficientnet"))
+SMOKE_SIZES = {"batch_size": 8, "eval_batch_size": 8, "epochs": 1, "max_steps_per_epoch": 2, "tfds_shuffle_buffer": 64, "log_every": 1}
+SMOKE_SIZES |= {"eval_every_epochs": 1, "save_every_epochs": 1, "keep_last": 1, "warmup_epochs": None, "resume": ""}
+
+
+def get_smoke_model(name: str) -> str:
+    """The tiny stand-in of `name` in a smoke run."""
+    import models
+
+    if name in models.registry._MODELS or name.startswith("test_"):
+        return name  # ours and timm's test models are small already
+    return next((small for prefix, small in SMOKE_MODELS if name.startswith(prefix)), "small_cnn")
+
+
+def apply_smoke(args: argparse.Namespace) -> None:
+    """`--smoke`: shrink the run in place (model, data, sizes) and log one line of what changed; everything else is the recipe's."""
+    import timm
+
+    changes = dict(SMOKE_SIZES)
+    if args.data_set == "tfds":
+        changes |= {"data_set": "photos", "tfds_name": None, "tfds_data_dir": None, "tfds_train_split": "train", "tfds_eval_split": "validation"}
+    if args.data_set == "h5ad":
+        changes |= {"cells_per_set": min(args.cells_per_set, 16), "cell_eval": "off"}
+    for key in ("model", "teacher_arch"):
+        name = getattr(args, key)
+        if name is None or get_smoke_model(name) == name:
+            continue
+        changes[key] = get_smoke_model(name)
+        cfg = timm.models.get_pretrained_cfg(changes[key]) if timm.is_model(changes[key]) else None
+        size_key = "img_size" if key == "model" else "teacher_img_size"
+        if cfg is not None and cfg.fixed_input_size and getattr(args, size_key) is None and timm.is_model(name):
+            changes[size_key] = timm.models.get_pretrained_cfg(name).input_size[-1]  # the recipe's pp size, which the tiny ViT must take
+    changed = {k: v for k, v in changes.items() if getattr(args, k) != v}
+    for key, value in changed.items():
+        setattr(args, key, value)
+    logging.getLogger(__name__).warning("--smoke: %s", ", ".join(f"--{k} {v if v not in ('', None) else repr(v)}" for k, v in changed.items()))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Two stages: `--config` YAML becomes parser defaults (unknown keys are errors), then flags override;
     every component checks its settings (one usage error line)."""
@@ -338,6 +384,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if known.config:
         parser.set_defaults(**_load_recipe(parser, known.config))
     args = parser.parse_args(argv)
+    if args.smoke:
+        apply_smoke(args)
     if args.list_models is None:
         try:
             make_settings(args)

@@ -102,7 +102,7 @@ def digits_dir(tmp_path_factory) -> str:
     import datasets
 
     dpath = str(tmp_path_factory.mktemp("tfds"))
-    datasets.prepare_digits(dpath)
+    datasets.prepare_embedded(dpath)
     return dpath
 
 

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DATA_SETS = ("digits", "tfds", "h5ad")  # the keys of DATA_BUILDERS
-IMAGE_DATA_SETS = ("digits", "tfds")
+DATA_SETS = ("digits", "photos", "tfds", "h5ad")  # the keys of DATA_BUILDERS
+IMAGE_DATA_SETS = ("digits", "photos", "tfds")
 DIGITS_NAME = "sklearn_digits"
+# Embedded TFDS datasets, built offline from data that ships inside a package: --data_set -> (TFDS name, module that registers the builder).
+EMBEDDED_DATA_SETS = {"digits": (DIGITS_NAME, "big_vision.digits"), "photos": ("local_photos", "big_vision.photos")}
 DIGITS_PP_TRAIN = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
 DIGITS_PP_EVAL = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
 # Same recipe shape as big_vision's ImageNet configs.
@@ -107,15 +109,17 @@ def get_default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
-def prepare_digits(data_dpath: str) -> None:
-    """Build the embedded digits dataset into `data_dpath` if it is not there yet (about a second)."""
+def prepare_embedded(data_dpath: str, data_set: str = "digits") -> None:
+    """Build an embedded dataset (digits: about a second; photos: a few seconds) into `data_dpath` if it is not there yet."""
+    import importlib
+
     import tensorflow_datasets as tfds
 
-    from big_vision import digits  # noqa: F401  (registers the builder)
-
-    builder = tfds.builder(DIGITS_NAME, data_dir=data_dpath)
+    name, module = EMBEDDED_DATA_SETS[data_set]
+    importlib.import_module(module)  # registers the builder
+    builder = tfds.builder(name, data_dir=data_dpath)
     if not builder.is_prepared():
-        log.info("preparing the embedded digits dataset in %s", data_dpath)
+        log.info("preparing the embedded %s dataset in %s", data_set, data_dpath)
         builder.download_and_prepare()
 
 
@@ -160,13 +164,13 @@ def _make_builder(config: DataConfig):
     """The TFDS builder of `--data_set digits` (prepared on first use) or `--tfds_name`, and its data dir."""
     from big_vision import input_pipeline as ip
 
-    name = DIGITS_NAME if config.data_set == "digits" else config.tfds_name
+    name = EMBEDDED_DATA_SETS[config.data_set][0] if config.data_set in EMBEDDED_DATA_SETS else config.tfds_name
     if not name:
         raise ValueError("--data_set tfds needs --tfds_name (e.g. imagenet2012, cifar10)")
     data_dpath = config.tfds_data_dir or get_default_data_dir()
-    if config.data_set == "digits":
+    if config.data_set in EMBEDDED_DATA_SETS:
         os.makedirs(data_dpath, exist_ok=True)
-        prepare_digits(data_dpath)
+        prepare_embedded(data_dpath, config.data_set)
     return ip.make_builder(name, data_dpath), data_dpath
 
 
@@ -309,7 +313,7 @@ def _describe_cells(cells: "CellSetData", fpaths: list[str]) -> dict:
 
 
 # --data_set NAME -> the builder of its batches for process i of n.
-DATA_BUILDERS: dict[str, Callable[[DataConfig, int, int], Data]] = {"digits": _build_tfds, "tfds": _build_tfds, "h5ad": _build_h5ad}
+DATA_BUILDERS: dict[str, Callable[[DataConfig, int, int], Data]] = {"digits": _build_tfds, "photos": _build_tfds, "tfds": _build_tfds, "h5ad": _build_h5ad}
 assert tuple(DATA_BUILDERS) == DATA_SETS
 
 

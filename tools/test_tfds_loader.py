@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> None:
     data_dpath = args.data_dir or datasets.get_default_data_dir()
     if args.dataset == datasets.DIGITS_NAME:
         os.makedirs(data_dpath, exist_ok=True)
-        datasets.prepare_digits(data_dpath)
+        datasets.prepare_embedded(data_dpath)
     elif not tf.io.gfile.exists(data_dpath):
         raise FileNotFoundError(
             f"--data-dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)"
