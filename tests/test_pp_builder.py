@@ -128,7 +128,7 @@ def test_wrong_arguments_name_the_signature(segment):
         ("pad_to_shape((2,), where='middle')", ["pad_to_shape", "'middle'"]),
         ("pad_to_shape(3)", ["pad_to_shape", "3"]),
         ("reshape((-1, -1))", ["reshape", "(-1, -1)"]),
-        ("setdefault('x', [1, 2])", ["setdefault", "[1, 2]"]),
+        ("setdefault('x', [])", ["setdefault", "[]", "empty"]),
         ("choice(0, key='a')", ["choice", "0"]),
         ("choice(inkey='a', outkey=['b', 'c'])", ["choice", "['b', 'c']"]),
         ("choice()", ["choice", "key="]),

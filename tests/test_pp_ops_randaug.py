@@ -72,9 +72,10 @@ def test_invert(mode, photo):
     np.testing.assert_array_equal(apply_op(randaug.invert, photo, mode), 255 - photo)
 
 
-@pytest.mark.parametrize("bits", [0, 1, 2, 4, 8])
+@pytest.mark.parametrize("bits", [0, 1, 2, 4, 8, 9, 12])
 def test_posterize(mode, photo, bits):
-    expected = photo & 0x80 if bits == 0 else np.asarray(ImageOps.posterize(Image.fromarray(photo), bits))  # bits=0: shift clamped to 7
+    # bits=0: the shift 8 is clamped to 7; bits >= 9: the negative shift wraps in uint8 and is clamped to 7 (big_vision's M >= 22.5)
+    expected = photo & 0x80 if bits in (0, 9, 12) else np.asarray(ImageOps.posterize(Image.fromarray(photo), bits))
     np.testing.assert_array_equal(apply_op(randaug.posterize, photo, mode, bits), expected)
 
 
@@ -93,8 +94,10 @@ def test_solarize_add(mode, photo):
 def test_color_contrast_brightness(mode, photo, factor):
     gray = tf_gray(photo)
     np.testing.assert_array_equal(apply_op(randaug.color, photo, mode, factor), np_blend(np.repeat(gray[:, :, None], 3, axis=2), photo, factor))
-    flat = np.full_like(photo, np.uint8(np.trunc(gray.astype(np.float64).mean())))
+    flat = np.full_like(photo, 64 * 64 // 256)  # big_vision's gray level: the pixel count / 256, whatever the content
     np.testing.assert_array_equal(apply_op(randaug.contrast, photo, mode, factor), np_blend(flat, photo, factor))
+    mean_flat = np.full_like(photo, np.uint8(np.trunc(gray.astype(np.float64).mean())))
+    np.testing.assert_array_equal(apply_op(lambda t, f: randaug.contrast(t, f, true_mean=True), photo, mode, factor), np_blend(mean_flat, photo, factor))
     np.testing.assert_array_equal(apply_op(randaug.brightness, photo, mode, factor), np_blend(np.zeros_like(photo), photo, factor))
 
 

@@ -36,37 +36,48 @@ def get_value_range(vmin: float = -1, vmax: float = 1, in_min: float = 0, in_max
     lo, hi = (t * n_channels if len(t) == 1 else t for t in (lo, hi))
     if any(a == b for a, b in zip(lo, hi, strict=True)):
         raise ValueError(f"pp op value_range: in_min and in_max must differ (per channel), got in_min={in_min!r}, in_max={in_max!r}")
+    if clip_values and vmin > vmax:
+        raise ValueError(f"pp op value_range: clip_values=True needs vmin < vmax (big_vision would set every value to vmin), got vmin={vmin!r}, vmax={vmax!r}")
 
     def _value_range(x):
         x = tf.cast(x, tf.float32)
         in_min_t, in_max_t = tf.constant(in_min, tf.float32), tf.constant(in_max, tf.float32)
         x = (x - in_min_t) / (in_max_t - in_min_t)
         x = vmin + x * (vmax - vmin)
-        return tf.clip_by_value(x, min(vmin, vmax), max(vmin, vmax)) if clip_values else x
+        return tf.clip_by_value(x, vmin, vmax) if clip_values else x
 
     return _value_range
 
 
 @registry.register("onehot")
 def get_onehot(depth: int, key: str = "labels", key_result: str | None = None, multi: bool = True, on: float = 1.0, off: float = 0.0):
-    """float32 one-hot of `data[key]` into `data[key_result or key]`; a list of labels becomes one multi-hot vector when `multi`.
+    """One-hot of `data[key]` into `data[key_result or key]`; a list of labels becomes one multi-hot vector when `multi`.
 
-    Multi-hot: duplicates count once, an empty list gives all `off`, an index outside [0, depth) is a runtime error. Single labels use
-    `tf.one_hot`, where an out-of-range index gives all `off`.
+    dtypes follow big_vision: a multi-hot vector is float32; a one-hot (a scalar label, or `multi=False`) takes the type of `on`/`off` (two floats
+    give float32, two ints int32, two bools bool), so `on` and `off` must have the same type.
+    Multi-hot: duplicates count once, an empty list gives all `off`, an index outside [0, depth) is a runtime error, labels of rank 2 or more are
+    refused (big_vision's scatter aborts the process on them). Single labels use `tf.one_hot`, where an out-of-range index gives all `off`.
     """
     if not (_is_int(depth) and depth > 0):
         raise ValueError(f"pp op onehot: depth must be a positive int, got {depth!r}")
+    if not (isinstance(on, bool | int | float) and type(on) is type(off)):
+        raise ValueError(
+            f"pp op onehot: on and off must be numbers of the same type (two floats give a float32 one-hot, two ints int32), got on={on!r}, off={off!r}"
+        )
 
     def _onehot(data):
         labels = tf.cast(_read(data, key, "onehot"), tf.int64)
         if labels.shape.rank is None:
             raise ValueError(f"pp op onehot: key {key!r} has unknown rank")
-        if labels.shape.rank > 0 and multi:
-            labels = tf.reshape(labels, [-1])
+        if labels.shape.rank > 1 and multi:
+            raise ValueError(
+                f"pp op onehot: multi-hot needs labels of rank 0 or 1, key {key!r} has shape {labels.shape}; use multi=False or reshape((-1,), key={key!r})"
+            )
+        if labels.shape.rank == 1 and multi:
             hits = tf.scatter_nd(labels[:, None], tf.ones_like(labels, tf.float32), [depth])
             data[key_result or key] = tf.minimum(hits, 1.0) * (float(on) - float(off)) + float(off)
         else:
-            data[key_result or key] = tf.one_hot(labels, depth, on_value=tf.constant(on, tf.float32), off_value=tf.constant(off, tf.float32))
+            data[key_result or key] = tf.one_hot(labels, depth, on_value=on, off_value=off)
         return data
 
     return _onehot
@@ -140,11 +151,24 @@ def get_reshape(new_shape):
     return lambda x: tf.reshape(x, new_shape)
 
 
+def _broadcasts_to(shape: list[int], target: list[int]) -> bool:
+    """Whether `tf.broadcast_to` takes a static `shape` to `target`."""
+    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(reversed(shape), reversed(target), strict=False))
+
+
 @registry.register("setdefault")
 def get_setdefault(key: str, value):
-    """Give `key` the scalar `value` when it is missing; an empty tensor becomes `value` filled into its shape with 0/None dimensions set to 1."""
-    if not isinstance(value, bool | int | float | str | bytes):
-        raise ValueError(f"pp op setdefault: value must be a scalar (number, string or bool), got {value!r}")
+    """Give `key` the `value` (a scalar or a nested list, as `tf.constant` takes it) when it is missing or empty.
+
+    A missing key becomes `tf.constant(value)`. An empty tensor becomes `value`, in its dtype, broadcast to its static shape with 0/None dimensions
+    set to 1 (big_vision's rule): `setdefault("eos", [1])` on a [None] key gives [1], `[0.1, 0.2, 0.3, 0.4]` on a [None, 4] key gives a [1, 4].
+    """
+    try:
+        value_shape = tf.constant(value).shape.as_list()
+    except (TypeError, ValueError):
+        raise ValueError(f"pp op setdefault: value must be a scalar or a rectangular list of numbers, strings or bools, got {value!r}") from None
+    if 0 in value_shape:
+        raise ValueError(f"pp op setdefault: value {value!r} is empty, so it cannot fill an empty tensor; give at least one element")
 
     def _setdefault(data):
         if key not in data:
@@ -153,7 +177,14 @@ def get_setdefault(key: str, value):
         x = data[key]
         if x.shape.rank is None:
             raise ValueError(f"pp op setdefault: key {key!r} has unknown rank")
-        fill = tf.fill([d or 1 for d in x.shape.as_list()], tf.constant(value, x.dtype))
+        fill_shape = [d or 1 for d in x.shape.as_list()]
+        if not _broadcasts_to(value_shape, fill_shape):
+            raise ValueError(f"pp op setdefault: value {value!r} (shape {value_shape}) cannot fill key {key!r} of shape {x.shape} (filled as {fill_shape})")
+        try:
+            fill = tf.constant(value, x.dtype)
+        except (TypeError, ValueError):
+            raise ValueError(f"pp op setdefault: value {value!r} does not convert to the dtype {x.dtype.name} of key {key!r}") from None
+        fill = tf.broadcast_to(fill, fill_shape)
         data[key] = tf.cond(tf.size(x) > 0, lambda: x, lambda: fill)
         return data
 

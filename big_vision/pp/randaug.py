@@ -4,6 +4,8 @@ Matches big_vision's archived op (the TPU EfficientNet autoaugment code built on
 each of `num_layers` layers picks one of 16 ops uniformly and always applies it, with arguments from the shared magnitude M (L = M / 10, see `get_level_args`).
 Images are uint8 [h, w, 3]; apply the op before `value_range`. Geometric ops sample nearest pixels and fill uncovered pixels with 128, as does Cutout.
 The op functions are public so tests and other ops can call them with fixed arguments; they take scalar Python or tensor arguments.
+With fixed arguments every op gives big_vision's output bit for bit, quirks included (Contrast's size-dependent gray, Posterize and Solarize
+arguments wrapped to uint8 at high M); tests/test_pp_upstream_parity.py holds vectors computed with big_vision's code.
 """
 
 import functools
@@ -77,8 +79,12 @@ def invert(image: tf.Tensor) -> tf.Tensor:
 
 
 def posterize(image: tf.Tensor, bits: int) -> tf.Tensor:
-    """Keep the top `bits` bits. The shift is clamped to 0..7, which is what TF's uint8 shift does for bits=0 (values {0, 128})."""
-    shift = min(max(8 - bits, 0), 7)
+    """Keep the top `bits` bits, with big_vision's shift of `8 - bits` as TF applies it to uint8.
+
+    TF converts the shift to uint8 (so -1 wraps to 255) and its shift kernel clamps it to 0..7: bits=0 keeps the top bit (values {0, 128}), and so
+    does bits >= 9 (magnitude >= 22.5 in randaug), where the shift is negative.
+    """
+    shift = min((8 - bits) % 256, 7)
     return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
 
 
@@ -102,12 +108,20 @@ def color(image: tf.Tensor, factor: float) -> tf.Tensor:
     return blend(_gray_rgb(image), image, factor)
 
 
-def contrast(image: tf.Tensor, factor: float) -> tf.Tensor:
-    """Blend from a flat image at the mean gray level (truncated to uint8) to the image."""
-    gray = tf.cast(tf.image.rgb_to_grayscale(image), tf.int32)
-    hist = tf.math.bincount(tf.reshape(gray, [-1]), minlength=256, maxlength=256, dtype=tf.float32)
-    mean = tf.reduce_sum(hist * tf.range(256, dtype=tf.float32)) / tf.cast(tf.size(gray), tf.float32)
-    flat = tf.fill(tf.shape(image), tf.cast(tf.clip_by_value(mean, 0.0, 255.0), tf.uint8))
+def contrast(image: tf.Tensor, factor: float, true_mean: bool = False) -> tf.Tensor:
+    """Blend from a flat gray image to the image.
+
+    The gray level is big_vision's: it divides the sum of the grayscale histogram (the pixel count) by 256 instead of taking the histogram's mean,
+    so it is min(h w // 256, 255) whatever the content (196 for 224x224). `true_mean=True` uses the mean gray level (truncated to uint8)
+    instead, as PIL's ImageEnhance.Contrast intends; that changes results, so it is opt-in (`randaug(..., true_mean_contrast=True)`).
+    """
+    if not true_mean:
+        level = tf.minimum(tf.size(image[:, :, 0]) // 256, 255)
+    else:
+        gray = tf.cast(tf.image.rgb_to_grayscale(image), tf.int32)
+        hist = tf.math.bincount(tf.reshape(gray, [-1]), minlength=256, maxlength=256, dtype=tf.float32)
+        level = tf.clip_by_value(tf.reduce_sum(hist * tf.range(256, dtype=tf.float32)) / tf.cast(tf.size(gray), tf.float32), 0.0, 255.0)
+    flat = tf.fill(tf.shape(image), tf.cast(level, tf.uint8))
     return blend(flat, image, factor)
 
 
@@ -147,13 +161,17 @@ def _transform(image: tf.Tensor, transform: list) -> tf.Tensor:
 
 
 def rotate(image: tf.Tensor, degrees) -> tf.Tensor:
-    """Rotate about the image centre, counter-clockwise on screen for positive `degrees` (90 degrees equals np.rot90)."""
+    """Rotate about the image centre, counter-clockwise on screen for positive `degrees` (90 degrees equals np.rot90 on square images)."""
     theta = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
     cos, sin = tf.cos(theta), tf.sin(theta)
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    cy, cx = (hw[0] - 1.0) / 2.0, (hw[1] - 1.0) / 2.0
-    # Input point = R(theta) (output point - centre) + centre.
-    return _transform(image, [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+    h1, w1 = hw[0] - 1.0, hw[1] - 1.0
+    # Input point = R(theta) (output point - centre) + centre. The offsets are computed in this float32 order, tensorflow_addons' (which
+    # big_vision's rotate calls): with the centre on a half pixel, nearest sampling sits on .5 ties, and another order of the same sum rounds
+    # some of them the other way (up to 11% of the pixels of a 300x451 image at 90 degrees).
+    x_offset = (w1 - (cos * w1 - sin * h1)) / 2.0
+    y_offset = (h1 - (sin * w1 + cos * h1)) / 2.0
+    return _transform(image, [cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])
 
 
 def shear_x(image: tf.Tensor, level) -> tf.Tensor:
@@ -252,21 +270,29 @@ def _bind(name: str, arg) -> Callable[[tf.Tensor], tf.Tensor]:
     return lambda image: fn(image, arg)
 
 
-def make_layer_ops(magnitude: float) -> list[Callable[[tf.Tensor], tf.Tensor]]:
+def make_layer_ops(magnitude: float, true_mean_contrast: bool = False) -> list[Callable[[tf.Tensor], tf.Tensor]]:
     """The 16 ops of one layer, in OP_NAMES order, with their magnitude bound (signed ops draw their sign per call)."""
     args = get_level_args(magnitude)
-    return [_bind(name, args[name]) for name in OP_NAMES]
+    ops = [_bind(name, args[name]) for name in OP_NAMES]
+    if true_mean_contrast:
+        ops[OP_NAMES.index("Contrast")] = lambda image: contrast(image, args["Contrast"], true_mean=True)
+    return ops
 
 
 @registry.register("randaug")
 @utils.in_key_out_key()
-def get_randaug(num_layers: int = 2, magnitude: float = 10):
-    """RandAugment on a uint8 [h, w, 3] image: `num_layers` times, one of the 16 ops chosen uniformly, always applied."""
+def get_randaug(num_layers: int = 2, magnitude: float = 10, true_mean_contrast: bool = False):
+    """RandAugment on a uint8 [h, w, 3] image: `num_layers` times, one of the 16 ops chosen uniformly, always applied.
+
+    `true_mean_contrast=True` makes Contrast blend toward the image's mean gray level rather than big_vision's size-dependent gray (see `contrast`).
+    """
     if not (isinstance(num_layers, int) and not isinstance(num_layers, bool) and num_layers >= 0):
         raise ValueError(f"pp op randaug: num_layers must be a non-negative int, got {num_layers!r}")
     if not (isinstance(magnitude, int | float) and not isinstance(magnitude, bool) and magnitude >= 0):
         raise ValueError(f"pp op randaug: magnitude must be a non-negative number, got {magnitude!r}")
-    ops = make_layer_ops(magnitude)
+    if not isinstance(true_mean_contrast, bool):
+        raise ValueError(f"pp op randaug: true_mean_contrast must be True or False, got {true_mean_contrast!r}")
+    ops = make_layer_ops(magnitude, true_mean_contrast)
 
     def _randaug(image):
         if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
