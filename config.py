@@ -159,8 +159,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup_lr", type=float, default=1e-5)
     g.add_argument("--weight_decay", type=float, default=0.05)
     g.add_argument("--weight_decay_end", type=float, default=None, help="cosine WD schedule end value (default: constant WD)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--layer_decay", type=float, default=None)
+    g.add_argument(
+        "--wd_semantics",
+        default="torch",
+        help=(
+            "torch: --weight_decay is the optimizer's own (AdamW decays by lr(t) x wd, SGD adds wd x p to the gradient) | "
+            "big_vision: decoupled, each step p -= wd x lr(t) / lr x p (big_vision's wd), for any --opt"
+        ),
+    )
+    g.add_argument(
+        "--momentum", type=float, default=None, help="for optimizers with momentum (sgd, rmsprop, lars, ...; default: theirs, 0.9); an error for others"
+    )
+    g.add_argument("--opt_betas", type=float, nargs="+", default=None, metavar="BETA", help="betas of Adam-like optimizers (default: the optimizer's)")
+    g.add_argument("--opt_eps", type=float, default=None, help="eps of optimizers that take one (default: the optimizer's)")
+    g.add_argument("--layer_decay", type=float, default=None, help="layer-wise LR decay: the LR of layer i of n is scaled by layer_decay^(n - 1 - i)")
     g.add_argument("--clip_grad", type=float, default=0.0, help="max global grad norm; 0 = no clipping")
     g.add_argument("--label_smoothing", type=float, default=0.0)
 

@@ -5,6 +5,16 @@ biases), on tokens/embeddings the model lists in `no_weight_decay()`, and option
 the model's `group_matcher()`. The schedule is a pure function of the global step and is written
 into the param groups before every step (floats on the host; on XLA they enter the graph as
 device data, not constants, so a changing LR does not recompile).
+
+Weight decay has two meanings (`--wd_semantics`). `torch`: the optimizer's own `weight_decay`, as
+PyTorch/timm define it (AdamW decays by lr(t) x wd, SGD adds wd x p to the gradient). `big_vision`:
+decoupled decay as big_vision's optax chain (`add_decayed_weights(wd)` after `scale(lr)` and the
+`lr_mults`, then `scale_by_schedule`): each step subtracts wd x m(t) x p, with m(t) = lr(t) / lr the
+schedule's multiplier and neither the LR nor the layer-decay scale in it. The optimizer's own
+`weight_decay` is then 0 and a step pre-hook shrinks the decaying groups' parameters before the
+optimizer's update, which for optimizers whose update does not read the parameters (SGD, Adam,
+Lion, ...) is big_vision's update exactly; trust-ratio optimizers (LAMB, LARS) see the decayed
+parameters, a relative difference of wd x m(t).
 """
 
 import dataclasses
@@ -17,9 +27,50 @@ from torch import nn
 
 from utils import settings
 
+WD_SEMANTICS = ("torch", "big_vision")
+
 
 def list_optimizers() -> list[str]:
     return timm.optim.list_optimizers()
+
+
+def get_momentum_optimizers() -> list[str]:
+    """The timm optimizers that take a momentum (sgd, momentum, rmsprop, lars, adafactorbv, ...)."""
+    return [name for name in list_optimizers() if timm.optim.get_optimizer_info(name).has_momentum]
+
+
+MOMENTUM_EXAMPLES = ("sgd", "momentum", "nesterov", "rmsproptf", "lars", "adafactorbv", "madgrad")  # named first in the error message
+
+
+def check_optimizer_args(opt: str, *, momentum: float | None = None, betas: tuple[float, ...] | None = None, eps: float | None = None) -> None:
+    """An unknown optimizer, or a momentum, betas or eps it does not take (timm would drop them without a word): ValueError naming the flag and the fix."""
+    names = list_optimizers()
+    if opt.lower() not in names:
+        close = difflib.get_close_matches(opt.lower(), names, n=3, cutoff=0.5)
+        raise ValueError(f"unknown optimizer {opt!r}; " + (f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names[:20])}, ..."))
+    info = timm.optim.get_optimizer_info(opt.lower())
+    if momentum is not None and not info.has_momentum:
+        with_momentum = get_momentum_optimizers()
+        betas_hint = " (its first beta, --opt_betas, is the decay of its moving average of gradients)" if info.has_betas else ""
+        raise ValueError(
+            f"--momentum {momentum:g} does not apply to --opt {opt}, which takes no momentum{betas_hint}; "
+            f"drop --momentum, or pick an optimizer with momentum, e.g. {', '.join(n for n in MOMENTUM_EXAMPLES if n in with_momentum)} "
+            f"({len(with_momentum)} in all)"
+        )
+    given = " ".join(f"{b:g}" for b in betas or ())
+    if betas is not None and not info.has_betas:
+        raise ValueError(
+            f"--opt_betas {given} does not apply to --opt {opt}, which takes no betas"
+            + "; drop --opt_betas"
+            + (" (its --momentum is the decay of its moving average of gradients)" if info.has_momentum else "")
+        )
+    if betas is not None and len(betas) != info.num_betas:
+        raise ValueError(
+            f"--opt_betas {given} gives {len(betas)} value{'s' if len(betas) > 1 else ''}; --opt {opt} takes {info.num_betas}, "
+            f"e.g. --opt_betas {' '.join(['0.9', '0.999', '0.99'][: info.num_betas])}"
+        )
+    if eps is not None and not info.has_eps:
+        raise ValueError(f"--opt_eps {eps:g} does not apply to --opt {opt}, which takes no eps; drop --opt_eps")
 
 
 def make_optimizer(
@@ -28,27 +79,52 @@ def make_optimizer(
     lr: float,
     weight_decay: float,
     *,
-    momentum: float = 0.9,
-    betas: tuple[float, float] | None = None,
+    momentum: float | None = None,
+    betas: tuple[float, ...] | None = None,
     eps: float | None = None,
     layer_decay: float | None = None,
+    wd_semantics: str = "torch",
 ) -> torch.optim.Optimizer:
-    """Build `opt` (any timm optimizer name: adamw, sgd, lamb, lion, ...) with the decay rules above."""
-    names = list_optimizers()
-    if opt.lower() not in names:
-        close = difflib.get_close_matches(opt.lower(), names, n=3, cutoff=0.5)
-        raise ValueError(f"unknown optimizer {opt!r}; " + (f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names[:20])}, ..."))
-    kwargs = {"momentum": momentum} if opt.lower() in ("sgd", "momentum", "nesterov") else {}
-    if betas is not None:
-        kwargs["betas"] = tuple(betas)
-    if eps is not None:
-        kwargs["eps"] = eps
+    """Build `opt` (any timm optimizer name: adamw, sgd, lamb, lion, ...) with the decay rules above.
+
+    `momentum`, `betas` and `eps` None: the optimizer's own defaults (timm's momentum 0.9); given, they reach the optimizer or raise (check_optimizer_args).
+    """
+    check_optimizer_args(opt, momentum=momentum, betas=betas, eps=eps)
+    settings.check_choice("wd_semantics", wd_semantics, WD_SEMANTICS)
+    kwargs = {key: value for key, value in (("momentum", momentum), ("betas", betas and tuple(betas)), ("eps", eps)) if value is not None}
     optimizer = timm.optim.create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, **kwargs)
     for group in optimizer.param_groups:
         # Remember which groups decay, so the WD schedule never turns decay on for norms/biases.
         group["wd_scale"] = 1.0 if group.get("weight_decay", 0.0) > 0 else 0.0
         group.setdefault("lr_scale", 1.0)
+        set_group_decay(group, wd_semantics, weight_decay)  # until a Schedule writes each step's value: the peak (multiplier 1)
+    # Always registered: a no-op while no group has a decoupled decay, so the Schedule's semantics alone decides (also after a resume across semantics).
+    optimizer.register_step_pre_hook(decay_before_step)
     return optimizer
+
+
+def set_group_decay(group: dict, wd_semantics: str, wd: float) -> None:
+    """Write this step's decay `wd` (for big_vision already times the schedule's multiplier) into one param group.
+
+    torch: the optimizer's own `weight_decay`. big_vision: `decoupled_wd`, applied by `decay_before_step`, and the optimizer's own 0 (never twice).
+    """
+    decay = wd * group["wd_scale"]
+    group["weight_decay"], group["decoupled_wd"] = (decay, 0.0) if wd_semantics == "torch" else (0.0, decay)
+
+
+@torch.no_grad()
+def decay_before_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Step pre-hook: p <- p x (1 - decoupled_wd) for every parameter the step updates (those with a gradient), as big_vision's `add_decayed_weights`.
+
+    The gradient was taken at the old p, so for optimizers whose update reads only the gradient this equals big_vision's update computed from the old p.
+    """
+    for group in optimizer.param_groups:
+        decay = group.get("decoupled_wd", 0.0)
+        if not decay:
+            continue
+        for p in group["params"]:
+            if p.grad is not None:
+                p.mul_(1.0 - decay)
 
 
 DEFAULT_WARMUP_EPOCHS = 2.0
@@ -81,7 +157,7 @@ def check_schedule_args(
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Linear warmup then cosine decay for LR; optional cosine schedule for weight decay."""
+    """Linear warmup then cosine decay for LR; optional cosine schedule for weight decay, applied as `wd_semantics` says (module docstring)."""
 
     total_steps: int
     lr: float
@@ -90,6 +166,10 @@ class Schedule:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     weight_decay_end: float | None = None
+    wd_semantics: str = "torch"
+
+    def __post_init__(self):
+        settings.check_choice("wd_semantics", self.wd_semantics, WD_SEMANTICS)
 
     def describe(self, steps_per_epoch: int) -> str:
         warm = (
@@ -98,6 +178,7 @@ class Schedule:
             else f"no warm-up, peak {self.lr:g}, "
         )
         wd = f"weight decay {self.weight_decay:g}" + (f" -> {self.weight_decay_end:g} (cosine)" if self.weight_decay_end is not None else "")
+        wd += " by the optimizer (torch semantics)" if self.wd_semantics == "torch" else f" decoupled, times lr(t) / {self.lr:g} (big_vision semantics)"
         return f"lr: {warm}cosine to {self.min_lr:g} at step {self.total_steps}; {wd}"
 
     def lr_at(self, step: int) -> float:
@@ -114,13 +195,18 @@ class Schedule:
         t = min(step, self.total_steps) / max(1, self.total_steps)
         return self.weight_decay_end + 0.5 * (self.weight_decay - self.weight_decay_end) * (1.0 + math.cos(math.pi * t))
 
+    def decay_at(self, step: int) -> float:
+        """The decay written into decaying groups: wd_at for torch (the optimizer scales it its way), wd_at x lr_at / lr for big_vision (the multiplier)."""
+        if self.wd_semantics == "torch":
+            return self.wd_at(step)
+        return self.wd_at(step) * self.lr_at(step) / self.lr
+
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Write this step's LR and WD into the param groups; returns the base LR."""
-        lr, wd = self.lr_at(step), self.wd_at(step)
+        """Write this step's LR and WD into the param groups of an optimizer from `make_optimizer`; returns the base LR."""
+        lr, decay = self.lr_at(step), self.decay_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-            if group["wd_scale"]:
-                group["weight_decay"] = wd * group["wd_scale"]
+            set_group_decay(group, self.wd_semantics, decay)  # big_vision: layer decay scales the gradient step only, as its lr_mults
         return lr
 
 
@@ -136,7 +222,12 @@ class OptimConfig:
     warmup_lr: float = settings.setting(1e-5, range=settings.NON_NEGATIVE)
     weight_decay: float = settings.setting(0.05, range=settings.NON_NEGATIVE)
     weight_decay_end: float | None = settings.setting(None, range=settings.NON_NEGATIVE)
-    momentum: float = settings.setting(0.9, range=settings.FRACTION)
+    wd_semantics: str = settings.setting(
+        "torch", choices=WD_SEMANTICS, hint=" (torch: the optimizer's own weight_decay; big_vision: decoupled, wd x lr(t) / lr)"
+    )
+    momentum: float | None = settings.setting(None, range=settings.FRACTION)
+    opt_betas: list[float] | None = settings.setting(None, range=settings.FRACTION)
+    opt_eps: float | None = settings.setting(None, range=settings.POSITIVE)
     layer_decay: float | None = settings.setting(None, range=settings.Range(0, 1, low_inclusive=False, high_inclusive=True))
 
     def __post_init__(self):
@@ -152,9 +243,20 @@ class OptimConfig:
             weight_decay=self.weight_decay,
             weight_decay_end=self.weight_decay_end,
         )
+        check_optimizer_args(self.opt, momentum=self.momentum, betas=self.opt_betas, eps=self.opt_eps)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return make_optimizer(model, self.opt, self.lr, self.weight_decay, momentum=self.momentum, layer_decay=self.layer_decay)
+        return make_optimizer(
+            model,
+            self.opt,
+            self.lr,
+            self.weight_decay,
+            momentum=self.momentum,
+            betas=self.opt_betas,
+            eps=self.opt_eps,
+            layer_decay=self.layer_decay,
+            wd_semantics=self.wd_semantics,
+        )
 
     def make_schedule(self, steps_per_epoch: int) -> Schedule:
         return Schedule(
@@ -165,4 +267,5 @@ class OptimConfig:
             min_lr=self.min_lr,
             weight_decay=self.weight_decay,
             weight_decay_end=self.weight_decay_end,
+            wd_semantics=self.wd_semantics,
         )
