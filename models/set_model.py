@@ -75,7 +75,9 @@ class SetTransformer(nn.Module):
         return {"pert_embed.weight", "context_embed.weight"}
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        return {"stem": r"^(encoder|pert_embed|context_embed)\.", "blocks": [(r"^blocks\.(\d+)", None), (r"^(norm|decoder)\.", (99999,))]}
+        # As timm's ViT: the final norm joins the last block, the decoder (the head) matches nothing and gets the last id (LR scale 1). Non-capturing
+        # groups: timm turns every captured group into a number.
+        return {"stem": r"^(?:encoder|pert_embed|context_embed)\.", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm\.", (99999,))]}
 
 
 @register_model

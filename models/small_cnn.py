@@ -49,7 +49,14 @@ class SmallCNN(nn.Module):
         return set()
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        return {"stem": r"^features\.[0-2]\.", "blocks": r"^features\.(\d+)"}
+        """Layer ids for layer decay: one per conv block (conv + norm + GELU, 3 entries of `features`), one per stage (2 blocks) if `coarse`.
+
+        The stem is the first block; the head, matched by nothing, gets the last id (LR scale 1). Non-capturing groups: a captured module index
+        would give the conv and its norm different ids.
+        """
+        n_blocks = len(self.features) // 3
+        blocks = [(rf"^features\.(?:{3 * b}|{3 * b + 1}|{3 * b + 2})\.", (b // 2 if coarse else b,)) for b in range(1, n_blocks)]
+        return {"stem": r"^features\.[0-2]\.", "blocks": blocks}
 
 
 @register_model
