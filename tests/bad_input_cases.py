@@ -164,7 +164,7 @@ CASES = [
     ),
     ("unknown_model", lambda d, f: ["--tfds_data_dir", d, "--model", "tiny_cnm"], r"unknown model 'tiny_cnm'; did you mean tiny_cnn", ()),
     ("unknown_optimizer", lambda d, f: ["--tfds_data_dir", d, "--model", "tiny_cnn", "--opt", "adamww"], r"unknown optimizer 'adamww'; did you mean adamw", ()),
-    ("unknown_data_set", lambda d, f: ["--data_set", "imagenet"], r"--data_set 'imagenet' is not one of digits, tfds, h5ad", ()),
+    ("unknown_data_set", lambda d, f: ["--data_set", "imagenet"], r"--data_set 'imagenet' is not one of digits, photos, tfds, h5ad", ()),
     (
         "missing_h5ad_file",
         lambda d, f: _h5ad({"h5ad": "/nonexistent/screen.h5ad"}),
