@@ -3,11 +3,18 @@
 Image data comes from TFDS through big_vision pp strings (`--data_set digits` is the embedded,
 offline default; `--data_set tfds --tfds_name NAME` reads any prepared TFDS dataset from
 `--tfds_data_dir`, local or gs://). Cell-set data comes from `.h5ad` files (`--data_set h5ad`).
+
+Image data is evaluated on `--tfds_eval_split` (metrics `eval/acc1`) or on several named eval sets (`--tfds_eval_splits val=validation
+minival=train[99%:]`, each optionally from another prepared dataset, `--tfds_eval_datasets v2=imagenet_v2`, and with its own pp string,
+`--tfds_eval_pp`): each one padded and masked to full batches and reported apart (`eval/val/acc1`, best values `val/acc1`).
 """
 
 import dataclasses
+import difflib
+import itertools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -34,6 +41,29 @@ IMAGENET_PP_TRAIN = 'decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1,
 IMAGENET_PP_EVAL = 'decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|keep("image", "label")'
 
 Batch = dict[str, torch.Tensor]
+EVAL_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")  # an eval set's name is part of its metric names (eval/NAME/acc1) and tensorboard tags
+
+
+def parse_named(flag: str, items: list[str] | None, example: str) -> dict[str, str]:
+    """`NAME=VALUE` entries of a flag -> {NAME: VALUE} (split at the first `=`); a ValueError naming the flag, the bad entry and the fix."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip() or not EVAL_NAME_RE.fullmatch(name):
+            raise ValueError(f"--{flag} {item!r} must be NAME=VALUE, NAME of letters, digits, '_', '.' or '-', e.g. {example}")
+        if name in out:
+            raise ValueError(f"--{flag} gives eval set {name!r} twice ({out[name]!r} and {value.strip()!r}); keep one")
+        out[name] = value.strip()
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """One named eval set: its split, its TFDS dataset (None: the train dataset) and pp string (None: --big_vision_pp_eval)."""
+
+    split: str
+    tfds_name: str | None = None
+    pp: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +75,9 @@ class DataConfig:
     tfds_data_dir: str | None = None
     tfds_train_split: str = "train"
     tfds_eval_split: str = "test"
+    tfds_eval_splits: list[str] | None = None  # NAME=SPLIT entries: named eval sets, each reported as eval/NAME/...; they replace --tfds_eval_split
+    tfds_eval_datasets: list[str] | None = None  # NAME=TFDS_NAME: that eval set reads another prepared dataset
+    tfds_eval_pp: list[str] | None = None  # NAME=PP: that eval set's pp string
     tfds_shuffle_buffer: int = settings.setting(10_000, range=settings.AT_LEAST_ONE)
     tfds_cache_raw: bool = False
     tfds_cache_eval: bool = False
@@ -73,6 +106,25 @@ class DataConfig:
             raise ValueError(f"--mixup/--cutmix mix images; --data_set {self.data_set} has none")
         if self.data_set != "h5ad" and self.cells.h5ad_path:
             raise ValueError(f"--h5ad_path given with --data_set {self.data_set}; add --data_set h5ad to train on cell sets")
+        self.get_eval_specs()  # checks the named eval sets
+
+    def get_eval_specs(self) -> dict[str, EvalSpec]:
+        """The named eval sets of --tfds_eval_splits (with --tfds_eval_datasets and --tfds_eval_pp); {}: the one --tfds_eval_split."""
+        splits = parse_named("tfds_eval_splits", self.tfds_eval_splits, "val=validation or minival=train[99%:]")
+        extra = {}
+        for flag, example in (("tfds_eval_datasets", "v2=imagenet_v2"), ("tfds_eval_pp", 'val=\'decode|resize(32)|keep("image", "label")\'')):
+            extra[flag] = parse_named(flag, getattr(self, flag), example)
+            for name in extra[flag]:
+                if name in splits:
+                    continue
+                close = difflib.get_close_matches(name, list(splits), n=1)
+                raise ValueError(
+                    f"--{flag} names eval set {name!r}, which --tfds_eval_splits does not define ({', '.join(splits) or 'none'})"
+                    + (f"; did you mean {close[0]!r}?" if close else f"; add {name}=SPLIT to --tfds_eval_splits")
+                )
+        if splits and self.data_set not in IMAGE_DATA_SETS:
+            raise ValueError(f"--tfds_eval_splits names TFDS eval sets; --data_set {self.data_set} evaluates its own held-out data")
+        return {name: EvalSpec(split, extra["tfds_eval_datasets"].get(name), extra["tfds_eval_pp"].get(name)) for name, split in splits.items()}
 
     @property
     def kind(self) -> str:
@@ -81,8 +133,23 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class EvalSet:
+    """One eval set of this process: a pass of padded, masked batches (the same count on every process) over `n_examples` examples of all processes."""
+
+    n_batches: int
+    n_examples: int
+    make_batches: Callable[[], Iterator[Batch]]
+
+    def batches(self) -> Iterator[Batch]:
+        return self.make_batches()
+
+
+@dataclasses.dataclass
 class Data:
-    """What the engine needs from a dataset: epochs of train batches and one pass of eval batches."""
+    """What the engine needs from a dataset: epochs of train batches and one pass of eval batches.
+
+    `eval_sets`: named eval sets (--tfds_eval_splits), each evaluated and reported apart; then the `*eval*` fields cover all of them together.
+    """
 
     kind: str  # "image" | "cellset"
     steps_per_epoch: int
@@ -97,6 +164,11 @@ class Data:
     image_shape: tuple[int, ...] | None = None
     # saved in checkpoints: what a model trained on this data needs to be used without it (a set model's genes, perturbations, ...)
     metadata: dict = dataclasses.field(default_factory=dict)
+    eval_sets: dict[str, EvalSet] = dataclasses.field(default_factory=dict)
+
+    def get_eval_sets(self) -> dict[str, EvalSet]:
+        """Name -> eval set; the one unnamed set ("") when no eval set is named (its metrics keep their plain names)."""
+        return self.eval_sets or {"": EvalSet(self.n_eval_batches, self.n_eval_examples, self.make_eval_batches)}
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         return self.make_train_batches(epoch, start_step)
@@ -187,12 +259,57 @@ def _make_mixup(config: DataConfig, num_classes: int, batch_per_process: int, tr
     return mixup
 
 
+def _check_eval_classes(builder, name: str, num_classes: int) -> None:
+    """An eval dataset's class labels must fit the model head (the train dataset's classes)."""
+    feature = builder.info.features["label"] if "label" in builder.info.features else None
+    n = getattr(feature, "num_classes", None)
+    if n is not None and n > num_classes:
+        raise ValueError(
+            f"eval set {name!r}: {builder.info.full_name} has {n} classes but the model head has {num_classes}; "
+            f"pass --num_classes {n} or map its labels in --tfds_eval_pp"
+        )
+
+
+def _make_eval_set(builder, split: str, pp_str: str, config: DataConfig, common: dict) -> EvalSet:
+    """One eval set, built now: a bad split or pp string fails at start-up, before any compile."""
+    from big_vision import input_pipeline as ip
+
+    split = ip.get_split(builder, split)
+    batch_per_process = config.eval_batch_size // common["process_count"]
+    ds, n_batches = ip.make_eval_dataset(builder, split, pp_str, batch_per_process, cache=config.tfds_cache_eval, **common)
+    source, shards = f"{builder.info.full_name} split {split!r} in {builder.data_dir}", ip.get_shards(builder, split)
+    return EvalSet(
+        n_batches, ip.get_num_examples(builder, split), lambda: ip.iterate_torch(ds, source=source, shards=shards, n_batches=n_batches, strings=True)
+    )
+
+
+def _make_eval_sets(config: DataConfig, builder, data_dpath: str, pp_eval: str, num_classes: int, common: dict) -> tuple[dict[str, EvalSet], dict]:
+    """The eval sets by name ("" for the one --tfds_eval_split) and what to log of them."""
+    from big_vision import input_pipeline as ip
+
+    specs = config.get_eval_specs()
+    if not specs:
+        split = ip.get_split(builder, config.tfds_eval_split)
+        return {"": _make_eval_set(builder, split, pp_eval, config, common)}, {"eval_split": split, "pp_eval": pp_eval}
+    if config.tfds_eval_split != DataConfig.tfds_eval_split:
+        log.info("--tfds_eval_splits replaces --tfds_eval_split %r", config.tfds_eval_split)
+    builders = {builder.info.name: builder}
+    sets, info = {}, {}
+    for name, spec in specs.items():
+        if spec.tfds_name and spec.tfds_name not in builders:
+            builders[spec.tfds_name] = ip.make_builder(spec.tfds_name, data_dpath)
+        eval_builder = builders[spec.tfds_name] if spec.tfds_name else builder
+        _check_eval_classes(eval_builder, name, num_classes)
+        sets[name] = _make_eval_set(eval_builder, spec.split, spec.pp or pp_eval, config, common)
+        info[name] = f"{eval_builder.info.full_name} {spec.split} ({sets[name].n_examples} examples, pp {spec.pp or pp_eval!r})"
+    return sets, {"eval_sets": info}
+
+
 def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> Data:
     from big_vision import input_pipeline as ip
 
     builder, data_dpath = _make_builder(config)
     train_split = ip.get_split(builder, config.tfds_train_split)
-    eval_split = ip.get_split(builder, config.tfds_eval_split)
     pp_train = config.big_vision_pp_train or (DIGITS_PP_TRAIN if config.data_set == "digits" else IMAGENET_PP_TRAIN)
     pp_eval = config.big_vision_pp_eval or (DIGITS_PP_EVAL if config.data_set == "digits" else IMAGENET_PP_EVAL)
     batch_per_process = config.batch_size // process_count
@@ -205,44 +322,42 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
         num_parallel_calls=config.tfds_num_parallel_calls,
         private_threadpool_size=config.tfds_private_threadpool_size,
     )
-    train_kw = dict(
-        seed=config.seed, shuffle_buffer=config.tfds_shuffle_buffer, cache_raw=config.tfds_cache_raw, deterministic=config.tfds_deterministic, **common
-    )
-    # Build both pipelines once up front: a bad pp string or split fails here, before any compile.
-    eval_ds, n_eval_batches = ip.make_eval_dataset(
-        builder, eval_split, pp_eval, config.eval_batch_size // process_count, cache=config.tfds_cache_eval, **common
-    )
+    # One cached dataset for every epoch: each record is read once per process (see big_vision/input_pipeline.py).
+    raw = None
+    if config.tfds_cache_raw:
+        raw = ip.make_raw_cache(
+            builder, train_split, seed=config.seed, process_index=process_index, process_count=process_count, skip_decode=config.tfds_skip_decode
+        )
+    train_kw = dict(seed=config.seed, shuffle_buffer=config.tfds_shuffle_buffer, raw=raw, deterministic=config.tfds_deterministic, **common)
+    # Build the pipelines up front: a bad pp string or split fails here, before any compile.
     train_spec = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, **train_kw).element_spec
     num_classes = check_num_classes(config.num_classes, builder, train_spec, pp_train)
     mixup = _make_mixup(config, num_classes, batch_per_process, train_spec, pp_train)
+    eval_sets, eval_info = _make_eval_sets(config, builder, data_dpath, pp_eval, num_classes, common)
+    strings = sorted(k for k, spec in train_spec.items() if spec.dtype.name == "string")
+    if strings:
+        log.info("train batches hold tensors only: the string features %s of train pp %r are dropped", strings, pp_train)
 
     train_shards = ip.get_shards(builder, train_split)
+    source = f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}"
 
     def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
         ds = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, **train_kw)
-        batches = ip.iterate_torch(ds, source=f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}", shards=train_shards)
+        batches = ip.iterate_torch(ds, source=source, shards=train_shards, n_batches=steps_per_epoch - start_step)
         # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see big_vision/mixup.py).
         return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, config.seed, epoch, start_step)
 
     return Data(
         kind="image",
         steps_per_epoch=steps_per_epoch,
-        n_eval_batches=n_eval_batches,
-        n_eval_examples=ip.get_num_examples(builder, eval_split),
+        n_eval_batches=sum(s.n_batches for s in eval_sets.values()),
+        n_eval_examples=sum(s.n_examples for s in eval_sets.values()),
         make_train_batches=train_batches,
-        make_eval_batches=lambda: ip.iterate_torch(
-            eval_ds, source=f"{builder.info.full_name} split {eval_split!r} in {builder.data_dir}", shards=ip.get_shards(builder, eval_split)
-        ),
+        make_eval_batches=lambda: itertools.chain.from_iterable(s.batches() for s in eval_sets.values()),
+        eval_sets={name: s for name, s in eval_sets.items() if name},
         num_classes=num_classes,
         image_shape=_get_image_shape(train_spec),
-        info={
-            "name": builder.info.full_name,
-            "train_split": train_split,
-            "eval_split": eval_split,
-            "pp_train": pp_train,
-            "pp_eval": pp_eval,
-            "data_dir": data_dpath,
-        },
+        info={"name": builder.info.full_name, "train_split": train_split, **eval_info, "pp_train": pp_train, "data_dir": data_dpath},
     )
 
 
@@ -321,6 +436,13 @@ def build_data(config: DataConfig, process_index: int = 0, process_count: int = 
     """The dataset named by `--data_set`, for process `process_index` of `process_count`; at most `--max_steps_per_epoch` steps per epoch."""
     settings.check_choice("data_set", config.data_set, tuple(DATA_BUILDERS))
     data = DATA_BUILDERS[config.data_set](config, process_index, process_count)
-    if config.max_steps_per_epoch:
-        data.steps_per_epoch = min(data.steps_per_epoch, config.max_steps_per_epoch)
+    if config.max_steps_per_epoch and config.max_steps_per_epoch < data.steps_per_epoch:
+        if config.tfds_cache_raw and data.kind == "image":
+            log.warning(
+                "--tfds_cache_raw: epochs stop after --max_steps_per_epoch %d of %d steps, so no pass reads the split to its end and tf.data keeps no cache: "
+                "every epoch reads its records again",
+                config.max_steps_per_epoch,
+                data.steps_per_epoch,
+            )
+        data.steps_per_epoch = config.max_steps_per_epoch
     return data

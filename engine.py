@@ -16,17 +16,18 @@ sync the host with the device every step. The price is that a multi-process run 
 SIGTERM and SIGKILL (30 s on preemptible GCE/TPU VMs).
 """
 
+import collections
 import dataclasses
 import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from datasets import Data
+from datasets import Data, EvalSet
 from optim_factory import Schedule
 from tasks.base import Task, reduce_eval
 from utils import checkpoint as ckpt
@@ -103,19 +104,51 @@ def eval_step(model: nn.Module, task: Task, runtime: Runtime, batch: dict[str, t
         return task.eval_outputs(model, batch)
 
 
+def get_metric_name(set_name: str, metric: str) -> str:
+    """`acc1` of eval set `val` is `val/acc1` (logged as eval/val/acc1); the one unnamed set keeps `acc1`."""
+    return f"{set_name}/{metric}" if set_name else metric
+
+
+def _tensors_only(batches: Iterable[dict], host: collections.deque) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors of each batch, for the device; its other values (lists of strings) wait in `host`, in batch order."""
+    for batch in batches:
+        host.append({k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)})
+        yield {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def evaluate_set(model: nn.Module, task: Task, eval_set: EvalSet, runtime: Runtime, step_fn: Callable) -> dict[str, float]:
+    """One pass over one eval set's (padded, masked) batches of this process; metrics over every process's examples (`tasks.base.reduce_eval`)."""
+    acc = task.make_eval_accumulator()
+    host: collections.deque = collections.deque()
+    n_batches = 0
+    # The device loader hands batches out in order, so the host values of a device batch are the oldest ones waiting.
+    for batch in runtime.device_loader(_tensors_only(eval_set.batches(), host)):
+        acc.add(step_fn(batch), {**batch, **host.popleft()})
+        n_batches += 1
+    assert n_batches == eval_set.n_batches, f"eval produced {n_batches} batches, expected {eval_set.n_batches}"
+    return reduce_eval(acc, runtime)
+
+
 def evaluate(model: nn.Module, task: Task, data: Data, runtime: Runtime, step_fn: Callable | None = None) -> dict[str, float]:
-    """One pass over the (padded, masked) eval batches of this process; metrics over every process's examples (`tasks.base.reduce_eval`)."""
+    """Every eval set of the data, one after the other; metrics named by set (`get_metric_name`)."""
     step_fn = step_fn or runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
     was_training = model.training
     model.eval()
-    acc = task.make_eval_accumulator()
-    n_batches = 0
-    for batch in runtime.device_loader(data.eval_batches()):
-        acc.add(step_fn(batch), batch)
-        n_batches += 1
-    assert n_batches == data.n_eval_batches, f"eval produced {n_batches} batches, expected {data.n_eval_batches}"
+    metrics = {}
+    for name, eval_set in data.get_eval_sets().items():
+        metrics.update({get_metric_name(name, k): v for k, v in evaluate_set(model, task, eval_set, runtime, step_fn).items()})
     model.train(was_training)
-    return reduce_eval(acc, runtime)
+    return metrics
+
+
+def _ema_name(key: str) -> str:
+    """`acc1` -> `ema_acc1`, `val/acc1` -> `val/ema_acc1`."""
+    set_name, _, metric = key.rpartition("/")
+    return get_metric_name(set_name, f"ema_{metric}")
+
+
+def _describe(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
 
 
 class Trainer:
@@ -286,13 +319,13 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = evaluate(self.model, self.task, self.data, self.runtime, self._eval_fn)
         self.logger.scalars(self.position.global_step, metrics, prefix="eval/")
-        log.info("eval after epoch %d: %s (%.1fs)", self.position.epoch, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()), time.perf_counter() - t0)
+        log.info("eval after epoch %d: %s (%.1fs)", self.position.epoch, _describe(metrics), time.perf_counter() - t0)
         if self.ema is None or not self.config.model_ema_eval:
             return metrics
         ema_metrics = evaluate(self.ema.module, self.task, self.data, self.runtime, self._eval_ema_fn)
         self.logger.scalars(self.position.global_step, ema_metrics, prefix="eval_ema/")
-        log.info("eval of the EMA weights after epoch %d: %s", self.position.epoch, "  ".join(f"{k} {v:.4g}" for k, v in ema_metrics.items()))
-        return {**metrics, **{f"ema_{k}": v for k, v in ema_metrics.items() if k != "n_examples"}}
+        log.info("eval of the EMA weights after epoch %d: %s", self.position.epoch, _describe(ema_metrics))
+        return {**metrics, **{_ema_name(k): v for k, v in ema_metrics.items() if not k.endswith("n_examples")}}
 
     def train_epoch(self, epoch: int) -> None:
         cfg, pos = self.config, self.position
@@ -373,9 +406,8 @@ class Trainer:
         return metrics
 
     def _update_best(self, metrics: dict[str, float]) -> None:
-        """Best value so far of each metric the task tracks (and of its EMA twin), in the direction the task gives."""
-        for name, higher in self.task.tracked.items():
-            for k in (name, f"ema_{name}"):
-                v = metrics.get(k)
-                if isinstance(v, float) and not math.isnan(v):
-                    self.best[k] = (max if higher else min)(self.best.get(k, v), v)
+        """Best value so far of each metric the task tracks (and of its EMA twin), per eval set (`val/acc1`), in the direction the task gives."""
+        for k, v in metrics.items():
+            metric = k.rpartition("/")[2].removeprefix("ema_")
+            if metric in self.task.tracked and isinstance(v, float) and not math.isnan(v):
+                self.best[k] = (max if self.task.tracked[metric] else min)(self.best.get(k, v), v)

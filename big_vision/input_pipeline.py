@@ -11,10 +11,27 @@ does not depend on which thread of the parallel map runs it, nor on the examples
 a resumed epoch gives bit-identical batches. This needs `deterministic=True` (the default), which
 keeps the parallel map's output order.
 
+Raw cache (`make_raw_cache`, `--tfds_cache_raw`): the encoded examples of this process's share are
+read in one fixed order (the file order of epoch 0) into tf.data's in-memory cache on the first full
+pass, and every epoch's dataset is built on top of that same cached dataset, so each record is read
+from storage once per process. An epoch's order is then the shuffle buffer's (seeded by (seed,
+epoch)) over that fixed order, as in big_vision, whose file order is also fixed by its first pass;
+epoch 0 is the same as without the cache. tf.data keeps a cache only once its input has been read
+to the end, so `iterate_torch(n_batches=...)` asks for the end right after the last full batch.
+
+Every example carries big_vision's `tfds_id` (TFDS's record id, a string) and `_id` (an int32 hash
+of it) for pp ops that key on the example (`choice_no_replacement`, per-example seeds). They reach
+torch only if the pp string names them (`keep("image", "label", "_id")`).
+
 Eval: every example is seen exactly once across processes. Each process reads its part
 (`even_splits` without drop_remainder), and the stream is padded with `_mask=False` examples up to
 the same number of full batches on every process (one shape, one compiled graph, and the same
-number of collective calls everywhere).
+number of collective calls everywhere). A `_mask` the pp string sets is kept (as bool): an example
+it masks out stays out, and padding is always out.
+
+Strings: train batches hold tensors only (string features are dropped: the compiled step, mixup and
+the device transfer take tensors). Eval batches can keep them as lists of `str` (`strings=True`)
+for accumulators that record examples by name; the engine moves only the tensors to the device.
 """
 
 import difflib
@@ -36,16 +53,50 @@ AUTOTUNE = -1
 # tf.data hands out read-only numpy buffers; torch wraps them without a copy and never writes to them (the warning filter is in utils/process.py).
 
 
-def _make_pp(pp_str: str) -> Callable[[dict], dict]:
-    """The pp function for tf.data; ops are plain TF already, so AutoGraph conversion is skipped."""
-    return tf.autograph.experimental.do_not_convert(pp_builder.get_preprocess_fn(pp_str))
+INTERNAL_KEYS = ("_id", "tfds_id")  # big_vision's names; added before pp, dropped after it unless the pp string names them
+# The key of big_vision's `_id` hash (big_vision/datasets/tfds.py), so an example gets the same `_id` here as there.
+_ID_HASH_KEY = [3714561454027272724, 8800639020734831960]
+
+
+def get_example_id(tfds_id: tf.Tensor) -> tf.Tensor:
+    """int32 `_id` of a `tfds_id` string: the low 32 bits of TF's keyed strong hash, as big_vision computes it."""
+    h = tf.strings.to_hash_bucket_strong(tfds_id, 2**32 - 1, _ID_HASH_KEY)
+    return tf.bitcast(tf.cast(h, tf.uint32), tf.int32)
+
+
+def get_named_internal_keys(pp_str: str | None) -> tuple[str, ...]:
+    """The internal keys the pp string names as string literals (`keep("image", "_id")`, `copy("tfds_id", "name")`): those reach torch."""
+    return tuple(k for k in INTERNAL_KEYS if re.search(rf"""["']{k}["']""", pp_str or ""))
+
+
+def _make_pp(pp_str: str, mask: bool = False) -> Callable[[dict], dict]:
+    """The pp function for tf.data with the internal keys in and out; `mask`: every output has a scalar bool `_mask` (the pp string's, else True)."""
+    pp = pp_builder.get_preprocess_fn(pp_str)
+    drop = [k for k in INTERNAL_KEYS if k not in get_named_internal_keys(pp_str)]
+
+    def run(example: dict) -> dict:
+        example = dict(example)
+        if "tfds_id" in example and "_id" not in example:
+            example["_id"] = get_example_id(example["tfds_id"])
+        out = pp(example)
+        for k in drop:
+            out.pop(k, None)
+        if not mask:
+            return out
+        if "_mask" in out and out["_mask"].shape.rank != 0:
+            raise ValueError(f"eval pp {pp_str!r} sets _mask with shape {out['_mask'].shape}; _mask must be one bool per example (a scalar)")
+        out["_mask"] = tf.cast(out["_mask"], tf.bool) if "_mask" in out else tf.constant(True)
+        return out
+
+    return run
 
 
 def _make_seeded_pp(pp_str: str, epoch_seed: int, process_index: int) -> Callable[[tf.Tensor, dict], dict]:
     """The pp function over `(index, example)`: random ops draw from stateless streams keyed by (epoch_seed, process, index)."""
-    pp = pp_builder.get_preprocess_fn(pp_str)
+    pp = _make_pp(pp_str)
     base_t = tf.constant([epoch_seed, process_index], tf.int64)
 
+    # Ops are plain TF already, so AutoGraph conversion is skipped.
     @tf.autograph.experimental.do_not_convert
     def seeded_pp(index: tf.Tensor, example: dict) -> dict:
         with pp_utils.example_seed(tf.random.experimental.stateless_fold_in(base_t, index)):
@@ -131,6 +182,24 @@ def _options(private_threadpool_size: int, deterministic: bool) -> tf.data.Optio
     return options
 
 
+def get_epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def _read(builder: tfds.core.DatasetBuilder, split: str, shuffle_seed: int | None, skip_decode: bool) -> tf.data.Dataset:
+    """The encoded examples of `split` with `tfds_id`; files shuffled with `shuffle_seed` (None: in order)."""
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False, add_tfds_id=True)
+    return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config, decoders=_decoders(builder, skip_decode))
+
+
+def make_raw_cache(
+    builder: tfds.core.DatasetBuilder, split: str, *, seed: int = 0, process_index: int = 0, process_count: int = 1, skip_decode: bool = True
+) -> tf.data.Dataset:
+    """This process's encoded train examples in epoch 0's file order, kept in RAM by tf.data after the first full pass; give it to every epoch as `raw`."""
+    ds = _read(builder, _process_split(split, process_index, process_count, True), get_epoch_seed(seed, 0), skip_decode)
+    return ds.cache()
+
+
 def make_train_dataset(
     builder: tfds.core.DatasetBuilder,
     split: str,
@@ -143,21 +212,18 @@ def make_train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     shuffle_buffer: int = 10_000,
-    cache_raw: bool = False,
+    raw: tf.data.Dataset | None = None,
     skip_decode: bool = True,
     prefetch: int = 2,
     num_parallel_calls: int = AUTOTUNE,
     private_threadpool_size: int = 0,
     deterministic: bool = True,
 ) -> tf.data.Dataset:
-    """One epoch of full batches for this process, starting at `start_step` of that epoch."""
-    epoch_seed = seed * 100_003 + epoch
-    read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False)
-    ds = builder.as_dataset(
-        split=_process_split(split, process_index, process_count, True), shuffle_files=True, read_config=read_config, decoders=_decoders(builder, skip_decode)
-    )
-    if cache_raw:
-        ds = ds.cache()
+    """One epoch of full batches for this process, starting at `start_step` of that epoch; `raw`: `make_raw_cache`'s dataset (the same for every epoch)."""
+    epoch_seed = get_epoch_seed(seed, epoch)
+    if raw is None:
+        raw = _read(builder, _process_split(split, process_index, process_count, True), epoch_seed, skip_decode)
+    ds = raw
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     ds = ds.enumerate()  # before skip: an example's index (its random-op seed) is its place in the epoch's order
@@ -167,6 +233,12 @@ def make_train_dataset(
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.with_options(_options(private_threadpool_size, deterministic))
     return ds.prefetch(prefetch)
+
+
+def get_n_eval_batches(builder: tfds.core.DatasetBuilder, split: str, batch_size: int, process_count: int) -> int:
+    """Batches every process runs: enough for the largest share, so all run the same number."""
+    n_per_process = [builder.info.splits[_process_split(split, i, process_count, False)].num_examples for i in range(process_count)]
+    return math.ceil(max(n_per_process) / batch_size)
 
 
 def make_eval_dataset(
@@ -184,25 +256,18 @@ def make_eval_dataset(
     private_threadpool_size: int = 0,
 ) -> tuple[tf.data.Dataset, int]:
     """Fixed-size eval batches with `_mask`, and how many of them (the same on every process)."""
-    n_per_process = [builder.info.splits[_process_split(split, i, process_count, False)].num_examples for i in range(process_count)]
-    n_batches = math.ceil(max(n_per_process) / batch_size)
-    ds = builder.as_dataset(split=_process_split(split, process_index, process_count, False), shuffle_files=False, decoders=_decoders(builder, skip_decode))
-    pp = _make_pp(pp_str)
-
-    @tf.autograph.experimental.do_not_convert
-    def with_mask(example: dict) -> dict:
-        out = pp(example)
-        out["_mask"] = tf.constant(True)
-        return out
-
-    ds = ds.map(with_mask, num_parallel_calls=num_parallel_calls)
+    n_batches = get_n_eval_batches(builder, split, batch_size, process_count)
+    process_split = _process_split(split, process_index, process_count, False)
+    n_pad = n_batches * batch_size - builder.info.splits[process_split].num_examples
+    ds = _read(builder, process_split, None, skip_decode)
+    ds = ds.map(tf.autograph.experimental.do_not_convert(_make_pp(pp_str, mask=True)), num_parallel_calls=num_parallel_calls)
     if cache:
         ds = ds.cache()
-    # Padding: zero examples with _mask=False, appended forever, then cut at n_batches full batches.
+    # Exactly n_pad zero examples with _mask=False: the real ones end first, so a cache before this sees its end on every pass, and nothing is cut.
     pad = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
     pad["_mask"] = tf.constant(False)
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
-    ds = ds.batch(batch_size, drop_remainder=True).take(n_batches)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(n_pad))
+    ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.with_options(_options(private_threadpool_size, True))
     return ds.prefetch(prefetch), n_batches
 
@@ -250,27 +315,64 @@ def find_corrupt_shards(shards: list[str], max_bytes: int = SCAN_CORRUPT_MAX_BYT
     return bad
 
 
+def _decode_text(value: bytes) -> str | bytes:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value  # binary, e.g. an image the pp string left encoded
+
+
+def _to_host_strings(x: np.ndarray) -> list:
+    """A batch of TF strings as (nested) lists of `str`, one entry per example; values that are not UTF-8 text stay `bytes`."""
+    return np.vectorize(_decode_text, otypes=[object])(x).tolist()
+
+
+def _next_batch(it: Iterator[dict], source: str, shards: list[str] | None) -> dict | None:
+    """The next numpy batch, None at the end; a corrupt record is a `BadInputError` (see `iterate_torch`)."""
+    from utils.errors import BadInputError
+
+    try:
+        return next(it)
+    except StopIteration:
+        return None
+    except tf.errors.DataLossError as e:
+        bad = find_corrupt_shards(shards) if shards else None
+        where = f"; damaged shard(s): {', '.join(bad)}" if bad else (f"; one of its {len(shards)} shard(s)" if shards else "")
+        raise BadInputError(
+            f"corrupt record in {source} ({_tf_message(e)}{where}); the prepared files are damaged:"
+            " restore them, or delete that directory and prepare the dataset again"
+        ) from e
+
+
 def iterate_torch(
-    ds: tf.data.Dataset, keys: tuple[str, ...] | None = None, source: str = "the TFDS dataset", shards: list[str] | None = None
-) -> Iterator[dict[str, torch.Tensor]]:
-    """tf.data batches -> dicts of torch tensors (string features are dropped).
+    ds: tf.data.Dataset,
+    keys: tuple[str, ...] | None = None,
+    source: str = "the TFDS dataset",
+    shards: list[str] | None = None,
+    *,
+    n_batches: int | None = None,
+    strings: bool = False,
+) -> Iterator[dict[str, torch.Tensor | list]]:
+    """tf.data batches -> dicts of torch tensors; string features are dropped, or with `strings` kept as lists of `str` (see the module docstring).
+
+    `n_batches`: how many batches `ds` holds. The end is asked for as soon as the last of them is read, before it is handed out, so tf.data's raw
+    cache sees the end of its input even when the consumer stops after that batch (the trainer does): tf.data drops a cache it never read to the end.
 
     A corrupt record (TF's DataLossError, raised mid-epoch) becomes a `BadInputError` naming `source` (dataset, split, directory), the
     damaged shard when `shards` are small enough to scan, and the fix: the CLI prints one line and exits 2.
     """
-    from utils.errors import BadInputError
-
     it = ds.as_numpy_iterator()
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except tf.errors.DataLossError as e:
-            bad = find_corrupt_shards(shards) if shards else None
-            where = f"; damaged shard(s): {', '.join(bad)}" if bad else (f"; one of its {len(shards)} shard(s)" if shards else "")
-            raise BadInputError(
-                f"corrupt record in {source} ({_tf_message(e)}{where}); the prepared files are damaged:"
-                " restore them, or delete that directory and prepare the dataset again"
-            ) from e
-        yield {k: _to_torch(k, v) for k, v in batch.items() if (keys is None or k in keys) and v.dtype != object}
+    n_read = 0
+    while (batch := _next_batch(it, source, shards)) is not None:
+        n_read += 1
+        if n_read == n_batches:
+            assert _next_batch(it, source, shards) is None, f"{source}: more than the expected {n_batches} batches"
+        out = {}
+        for k, v in batch.items():
+            if keys is not None and k not in keys:
+                continue
+            if v.dtype != object:
+                out[k] = _to_torch(k, v)
+            elif strings:
+                out[k] = _to_host_strings(v)
+        yield out
