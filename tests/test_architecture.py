@@ -15,7 +15,7 @@ MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 60
 # Entry points and their helpers, which may know argparse: the CLI, the tools, the launchers and the tests.
 CLI_FILES = ("main.py", "config.py", "conftest.py", "test_kd.py")
-CLI_DIRS = ("tools", "train", "tests")
+CLI_DIRS = ("cli", "tools", "train", "tests")
 
 
 def _source_files() -> list[str]:
