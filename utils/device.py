@@ -317,8 +317,7 @@ class DdpRuntime(Runtime):
 
     def __init__(self, kind: str, precision: str = "fp32"):
         backend = "nccl" if kind == "cuda" else "gloo"
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
+        device = get_local_cuda_device() if kind == "cuda" else torch.device("cpu")
         if kind == "cuda":
             torch.cuda.set_device(device)
         if not torch.distributed.is_initialized():
@@ -350,6 +349,24 @@ class DdpRuntime(Runtime):
         super().close()
 
 
+def get_cuda_index(local_rank: int, n_visible: int) -> int:
+    """This process's GPU among the `n_visible` it sees: 0 when it sees one (a launcher or Slurm's GPU binding masked CUDA_VISIBLE_DEVICES down to one per
+    task), else LOCAL_RANK (torchrun, or Slurm tasks that each see the node's GPUs)."""
+    if n_visible == 1:
+        return 0
+    if local_rank >= n_visible:
+        raise DeviceUnavailableError(
+            f"LOCAL_RANK {local_rank} but this process sees {n_visible} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
+            "start one process per GPU, or let each see one GPU"
+        )
+    return local_rank
+
+
+def get_local_cuda_device() -> torch.device:
+    """This process's GPU: `get_cuda_index` of LOCAL_RANK among the visible GPUs."""
+    return torch.device("cuda", get_cuda_index(int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()))
+
+
 PARALLEL = ("auto", "none", "spmd", "fsdp", "pjrt", "ddp")
 
 
@@ -374,7 +391,7 @@ def resolve_parallel(parallel: str, kind: str) -> str:
 def _torch_runtime(kind: str, precision: str, parallel: str, cache_dpath: str | None) -> Runtime:
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailableError("--device cuda but torch.cuda.is_available() is False; use --device cpu or auto")
-    device_t = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if kind == "cuda" else torch.device("cpu")
+    device_t = get_local_cuda_device() if kind == "cuda" else torch.device("cpu")
     return Runtime(kind=kind, device=device_t, precision=precision)
 
 
