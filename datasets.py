@@ -139,6 +139,9 @@ class EvalSet:
     n_batches: int
     n_examples: int
     make_batches: Callable[[], Iterator[Batch]]
+    # The split position of this process's first example: its examples follow in read order, so batch k, row j is example first_index + k * b + j
+    # (activation extraction's stable example index; padding rows, after the last example, are masked).
+    first_index: int = 0
 
     def batches(self) -> Iterator[Batch]:
         return self.make_batches()
@@ -165,10 +168,13 @@ class Data:
     # saved in checkpoints: what a model trained on this data needs to be used without it (a set model's genes, perturbations, ...)
     metadata: dict = dataclasses.field(default_factory=dict)
     eval_sets: dict[str, EvalSet] = dataclasses.field(default_factory=dict)
+    # kind "image": the train split read like an eval set (in order, eval pp, padded and masked), for activation extraction; built on call
+    make_train_eval_set: Callable[[], EvalSet] | None = None
+    eval_first_index: int = 0  # the one unnamed eval set's `EvalSet.first_index`
 
     def get_eval_sets(self) -> dict[str, EvalSet]:
         """Name -> eval set; the one unnamed set ("") when no eval set is named (its metrics keep their plain names)."""
-        return self.eval_sets or {"": EvalSet(self.n_eval_batches, self.n_eval_examples, self.make_eval_batches)}
+        return self.eval_sets or {"": EvalSet(self.n_eval_batches, self.n_eval_examples, self.make_eval_batches, first_index=self.eval_first_index)}
 
     def train_batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         return self.make_train_batches(epoch, start_step)
@@ -278,8 +284,12 @@ def _make_eval_set(builder, split: str, pp_str: str, config: DataConfig, common:
     batch_per_process = config.eval_batch_size // common["process_count"]
     ds, n_batches = ip.make_eval_dataset(builder, split, pp_str, batch_per_process, cache=config.tfds_cache_eval, **common)
     source, shards = f"{builder.info.full_name} split {split!r} in {builder.data_dir}", ip.get_shards(builder, split)
+    n_before = [ip.get_num_examples(builder, ip._process_split(split, i, common["process_count"], False)) for i in range(common["process_index"])]
     return EvalSet(
-        n_batches, ip.get_num_examples(builder, split), lambda: ip.iterate_torch(ds, source=source, shards=shards, n_batches=n_batches, strings=True)
+        n_batches,
+        ip.get_num_examples(builder, split),
+        lambda: ip.iterate_torch(ds, source=source, shards=shards, n_batches=n_batches, strings=True),
+        first_index=sum(n_before),
     )
 
 
@@ -357,6 +367,8 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
         eval_sets={name: s for name, s in eval_sets.items() if name},
         num_classes=num_classes,
         image_shape=_get_image_shape(train_spec),
+        make_train_eval_set=lambda: _make_eval_set(builder, train_split, pp_eval, config, common),
+        eval_first_index=eval_sets[""].first_index if "" in eval_sets else 0,
         info={"name": builder.info.full_name, "train_split": train_split, **eval_info, "pp_train": pp_train, "data_dir": data_dpath},
     )
 
