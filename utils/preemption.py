@@ -12,6 +12,11 @@ library (tests, notebooks), the previous handlers are restored and the second si
 
 Handlers can only be installed from the main thread (a Python rule); from another thread `StopSignals` does nothing and training cannot be stopped by a signal
 (logged once). A signal that is ignored when training starts (SIG_IGN) stays ignored.
+
+Schedulers: a launcher adds the signal its scheduler sends before a time limit or a preemption (submitit's SIGUSR2, `train/slurm_job.py`) with
+`set_stop_signals`. The loop stops on it exactly as on SIGTERM (exit code 128 + 12 = 140 for SIGUSR2), and one that arrives before the loop starts (during
+start-up) is kept and stops the loop after its first step, so a job signalled while it loads its data still leaves a checkpoint to requeue from. Repeats of
+such a signal are ignored (only SIGTERM and SIGINT mean "now"); after training they go back to the launcher's handler, which records them.
 """
 
 import logging
@@ -23,8 +28,37 @@ import threading
 
 log = logging.getLogger("train")
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT)  # always stop signals; a second one while stopping exits at once
 _EXIT_AT_ONCE = False  # set by the program (main.py's __main__), never by a library user
+_EXTRA_SIGNALS: tuple[int, ...] = ()  # a scheduler's stop signals (set_stop_signals), recorded by StopSignals like SIGNALS
+_pending: int | None = None  # the first extra signal received outside StopSignals (before the loop starts), handed to the next StopSignals
+
+
+def set_stop_signals(extra: tuple[int, ...]) -> None:
+    """Launcher mode: `StopSignals` also stops on `extra` (e.g. submitit's SIGUSR2); from now on (main thread) one received outside the loop is kept."""
+    global _EXTRA_SIGNALS, _pending
+    assert not set(extra) & set(SIGNALS), f"{extra} repeats SIGTERM/SIGINT, which always stop"
+    _EXTRA_SIGNALS, _pending = tuple(extra), None
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in extra:
+        signal.signal(signum, _keep_pending)
+
+
+def _keep_pending(signum: int, frame) -> None:
+    """Handler for a scheduler's stop signal outside the training loop: keep the first one for the loop (see the module docstring)."""
+    global _pending
+    if _pending is None:
+        _pending = signum
+
+
+def get_pending_signal() -> int | None:
+    """The scheduler's stop signal received outside the loop and not yet taken by a `StopSignals` (None: none)."""
+    return _pending
+
+
+def get_stop_signals() -> tuple[int, ...]:
+    return SIGNALS + _EXTRA_SIGNALS
 
 
 def set_exit_at_once(enabled: bool) -> None:
@@ -96,11 +130,14 @@ class StopSignals:
         return self.signum is not None
 
     def __enter__(self) -> "StopSignals":
-        self.signum = None
+        global _pending
+        self.signum, _pending = _pending, None  # a scheduler's signal during start-up stops the loop after its first step
+        if self.signum is not None:
+            log.warning("%s arrived before training started: stopping after the first step", signal.Signals(self.signum).name)
         if threading.current_thread() is not threading.main_thread():
             log.warning("training runs outside the main thread: SIGTERM/SIGINT cannot be caught, so a signal ends the run without a checkpoint")
             return self
-        for signum in SIGNALS:
+        for signum in get_stop_signals():
             if signal.getsignal(signum) == signal.SIG_IGN:
                 continue  # e.g. SIGINT of a job started with `&` by a non-interactive shell: keep ignoring it
             self._previous[signum] = signal.signal(signum, self._handle)
@@ -110,7 +147,11 @@ class StopSignals:
         if _EXIT_AT_ONCE:
             # Training is over: checkpointing and shut-down have nothing a second Ctrl-C should wait for. Our handlers are replaced in
             # place: restoring the previous ones first would leave a window where a second signal (sent while the stop is under way)
-            # raises KeyboardInterrupt at a random point and kills the process by SIGINT (-2) instead of exiting 130.
+            # raises KeyboardInterrupt at a random point and kills the process by SIGINT (-2) instead of exiting 130. A scheduler's signals go back to
+            # the launcher's handler.
+            for signum in _EXTRA_SIGNALS:
+                if signum in self._previous:
+                    signal.signal(signum, self._previous[signum])
             self._previous.clear()
             setup_exit_now_handlers()
             return
@@ -126,6 +167,8 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             return
+        if signum not in SIGNALS:
+            return  # a scheduler's signal again (a stop is under way): only SIGTERM and SIGINT mean "now"
         if _EXIT_AT_ONCE:
             exit_now(signum)
         self._restore()
