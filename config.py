@@ -15,7 +15,7 @@ import os
 
 import yaml
 
-from cli import FLAG_GROUPS
+from cli import FLAG_GROUPS, big_vision_config
 from datasets import DataConfig
 from engine import TrainConfig
 from losses import SetLossConfig
@@ -32,7 +32,7 @@ DESCRIPTION = (
     "Train a backbone: python main.py [--config recipe.yaml] [--flag value ...]. "
     "With no arguments it trains the default model on the embedded digits dataset on CPU."
 )
-NOT_CONFIG = ("help", "config", "list_models")  # flags that are not part of a run's configuration
+NOT_CONFIG = ("help", "config", "config_ignore", "list_models")  # flags that are not part of a run's configuration
 MAPPING_FLAGS = ("model_kwargs",)  # flags whose recipe value may be a YAML mapping (on the command line: the mapping as YAML/JSON text)
 
 
@@ -47,7 +47,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser("main.py", description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML recipe; its keys are defaults for the flags below, which override it")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML recipe, or a big_vision config file FILE.py[:ARG] (its get_config(ARG) mapped onto these flags); "
+        "its values are defaults for the flags below, which override them",
+    )
+    p.add_argument("--config_ignore", nargs="+", default=None, metavar="FIELD", help="big_vision config fields to drop, e.g. fewshot evals.real")
     p.add_argument("--list_models", default=None, nargs="?", const="", metavar="PATTERN", help="print model names (optionally matching PATTERN) and exit")
     for group in FLAG_GROUPS:
         group.add_flags(p)
@@ -90,8 +96,16 @@ def _check_type(parser: argparse.ArgumentParser, key: str, value, action: argpar
     return converted if multi else converted[0]
 
 
-def _load_recipe(parser: argparse.ArgumentParser, fpath: str) -> dict:
-    """The YAML mapping of `--config`, every key a flag and every value of that flag's type (else one usage error)."""
+def _load_recipe(parser: argparse.ArgumentParser, fpath: str, ignore: list[str] | None = None) -> dict:
+    """The YAML mapping (or big_vision config) of `--config`, every key a flag and every value of that flag's type (else one usage error)."""
+    if big_vision_config.is_config_file(fpath):
+        try:
+            cfg = big_vision_config.load_recipe(fpath, ignore)
+        except ValueError as e:
+            parser.error(str(e))
+        return _check_keys(parser, fpath, cfg)
+    if ignore:
+        parser.error(f"--config_ignore applies to big_vision config files (.py); --config {fpath!r} is a YAML recipe: remove its keys instead")
     if not os.path.isfile(fpath):
         parser.error(f"--config {fpath!r} " + ("is a directory; pass a YAML file" if os.path.isdir(fpath) else "does not exist"))
     try:
@@ -104,6 +118,10 @@ def _load_recipe(parser: argparse.ArgumentParser, fpath: str) -> dict:
         )
     if not isinstance(cfg, dict):
         parser.error(f"--config {fpath!r} must hold a mapping of flag names to values")
+    return _check_keys(parser, fpath, cfg)
+
+
+def _check_keys(parser: argparse.ArgumentParser, fpath: str, cfg: dict) -> dict:
     actions = {a.dest: a for a in parser._actions}
     for key, value in cfg.items():
         if key not in actions or key in ("help", "config"):
@@ -146,6 +164,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
 
 def _check_combination(s: Settings) -> None:
     """Flags of one kind of data given with the other: they would be ignored without a word."""
+    if s.kd.kd and s.classification.loss != "softmax_xent":
+        raise ValueError(f"--loss {s.classification.loss} with --kd: distillation mixes softmax cross-entropy with the KD term; drop --loss or --kd")
     if s.data.kind != "cellset":
         return
     image_flags = [f"--{k}" for k in ("num_classes", "img_size", "drop_path_rate") if getattr(s.model, k) is not None]
@@ -158,7 +178,8 @@ def _check_combination(s: Settings) -> None:
 # --smoke: the tiny timm model of each family (name prefix); other models become small_cnn; ours and timm's test_* stay.
 SMOKE_MODELS = (("vit_", "test_vit"), ("deit_", "test_vit"), ("convnext", "test_convnext"), ("resnet", "test_resnet"), ("efficientnet", "test_efficientnet"))
 SMOKE_SIZES = {"batch_size": 8, "eval_batch_size": 8, "epochs": 1, "max_steps_per_epoch": 2, "tfds_shuffle_buffer": 64, "log_every": 1}
-SMOKE_SIZES |= {"eval_every_epochs": 1, "save_every_epochs": 1, "keep_last": 1, "warmup_epochs": None, "resume": ""}
+SMOKE_SIZES |= {"eval_every_epochs": 1, "save_every_epochs": 1, "save_every_steps": 0, "keep_last": 1, "warmup_epochs": None, "warmup_steps": None}
+SMOKE_SIZES |= {"resume": ""}
 
 
 def get_smoke_model(name: str) -> str:
@@ -170,6 +191,19 @@ def get_smoke_model(name: str) -> str:
     return next((small for prefix, small in SMOKE_MODELS if name.startswith(prefix)), "small_cnn")
 
 
+def get_smoke_eval_sets(args: argparse.Namespace) -> dict:
+    """Named eval sets on the embedded photos: those of the train dataset stay (train slices as they are, other splits -> validation);
+    those of other datasets (imagenet_v2, imagenet2012_real) are dropped, as big_vision's runlocal keeps a few local evals."""
+    if not args.tfds_eval_splits:
+        return {}
+    other = {item.split("=", 1)[0] for item in args.tfds_eval_datasets or []}
+    splits = [(name, split) for name, _, split in (item.partition("=") for item in args.tfds_eval_splits) if name not in other]
+    splits = [f"{name}={split if split.startswith('train') else 'validation'}" for name, split in splits]
+    kept = {item.split("=", 1)[0] for item in splits}
+    pps = [item for item in args.tfds_eval_pp or [] if item.split("=", 1)[0] in kept]
+    return {"tfds_eval_splits": splits or None, "tfds_eval_datasets": None, "tfds_eval_pp": pps or None}
+
+
 def apply_smoke(args: argparse.Namespace) -> None:
     """`--smoke`: shrink the run in place (model, data, sizes) and log one line of what changed; everything else is the recipe's."""
     import timm
@@ -177,6 +211,7 @@ def apply_smoke(args: argparse.Namespace) -> None:
     changes = dict(SMOKE_SIZES)
     if args.data_set == "tfds":
         changes |= {"data_set": "photos", "tfds_name": None, "tfds_data_dir": None, "tfds_train_split": "train", "tfds_eval_split": "validation"}
+        changes |= get_smoke_eval_sets(args)
     if args.data_set == "h5ad":
         changes |= {"cells_per_set": min(args.cells_per_set, 16), "cell_eval": "off"}
     for key in ("model", "teacher_arch"):
@@ -200,9 +235,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--config_ignore", nargs="+", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        parser.set_defaults(**_load_recipe(parser, known.config))
+        parser.set_defaults(**_load_recipe(parser, known.config, known.config_ignore))
     args = parser.parse_args(argv)
     if args.smoke:
         apply_smoke(args)

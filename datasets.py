@@ -253,14 +253,18 @@ def _make_builder(config: DataConfig):
 
 
 def _make_mixup(config: DataConfig, num_classes: int, batch_per_process: int, train_spec: dict, pp_train: str):
-    """The host-side Mixup of the train batches (None when off); it needs int class labels under `label`."""
+    """The host-side Mixup of the train batches (None when off); it mixes int class labels under `label` or one-hot `labels`."""
     mixup = mixup_lib.make_mixup(config.mixup, num_classes, batch_per_process)
-    if mixup is not None:
-        log.info("train batches mixed on the host: %s", mixup)
-    if mixup is not None and ("label" not in train_spec or train_spec["label"].shape.rank != 1):
+    if mixup is None:
+        return None
+    log.info("train batches mixed on the host: %s", mixup)
+    labels = train_spec.get("labels")
+    if labels is not None and labels.shape.rank == 2 and labels.shape[-1] == num_classes:
+        return mixup  # pp onehot labels (big_vision's configs): mixed as they are
+    if "label" not in train_spec or train_spec["label"].shape.rank != 1:
         raise ValueError(
-            f"--mixup/--cutmix mix int class labels under the key 'label'; train pp {pp_train!r} gives {sorted(train_spec)} (drop its onehot: "
-            "mixing makes the soft targets)"
+            f"--mixup/--cutmix mix int class labels under 'label' or one-hot 'labels' of the head's {num_classes} classes; train pp {pp_train!r} "
+            f"gives {', '.join(f'{k} {v.shape}' for k, v in sorted(train_spec.items()))}"
         )
     return mixup
 

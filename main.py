@@ -121,6 +121,7 @@ def build_model(s: Settings, runtime: Runtime, data: datasets.Data) -> torch.nn.
     if data.image_shape is not None:
         models.check_model_input(s.model.model, kwargs, data.image_shape)
     model = models.create_model(s.model.model, **kwargs)
+    s.model.init_head(model)
     if s.model.init_checkpoint:
         ckpt.load_model_weights(model, s.model.init_checkpoint, what="--init_checkpoint")
     model.to(runtime.device)
@@ -134,7 +135,7 @@ def _image_task(s: Settings, runtime: Runtime, model: torch.nn.Module, data: dat
     from tasks.classification import ClassificationTask
 
     if not s.kd.kd:
-        return ClassificationTask(runtime, label_smoothing=s.classification.label_smoothing)
+        return ClassificationTask(runtime, label_smoothing=s.classification.label_smoothing, loss=s.classification.loss)
     from tasks.distillation import make_distillation_task
 
     # After the optimizer: the teacher's weights must never be in it, nor in the EMA or the checkpoint.

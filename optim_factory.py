@@ -155,6 +155,9 @@ def check_schedule_args(
         )
 
 
+DECAY_TYPES = ("cosine", "linear")  # after the warm-up: to --min_lr at the last step
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Linear warmup then cosine decay for LR; optional cosine schedule for weight decay, applied as `wd_semantics` says (module docstring)."""
@@ -162,6 +165,7 @@ class Schedule:
     total_steps: int
     lr: float
     warmup_steps: int = 0
+    decay_type: str = "cosine"
     warmup_lr: float = 0.0
     min_lr: float = 0.0
     weight_decay: float = 0.0
@@ -170,6 +174,7 @@ class Schedule:
 
     def __post_init__(self):
         settings.check_choice("wd_semantics", self.wd_semantics, WD_SEMANTICS)
+        settings.check_choice("sched", self.decay_type, DECAY_TYPES)
 
     def describe(self, steps_per_epoch: int) -> str:
         warm = (
@@ -179,7 +184,7 @@ class Schedule:
         )
         wd = f"weight decay {self.weight_decay:g}" + (f" -> {self.weight_decay_end:g} (cosine)" if self.weight_decay_end is not None else "")
         wd += " by the optimizer (torch semantics)" if self.wd_semantics == "torch" else f" decoupled, times lr(t) / {self.lr:g} (big_vision semantics)"
-        return f"lr: {warm}cosine to {self.min_lr:g} at step {self.total_steps}; {wd}"
+        return f"lr: {warm}{self.decay_type} to {self.min_lr:g} at step {self.total_steps}; {wd}"
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -187,6 +192,8 @@ class Schedule:
             return self.warmup_lr + (self.lr - self.warmup_lr) * (step + 1) / self.warmup_steps
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         t = min(step - self.warmup_steps, decay_steps) / decay_steps
+        if self.decay_type == "linear":
+            return self.min_lr + (self.lr - self.min_lr) * (1.0 - t)
         return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
 
     def wd_at(self, step: int) -> float:
@@ -219,7 +226,9 @@ class OptimConfig:
     lr: float = settings.setting(2e-3, range=settings.POSITIVE)
     min_lr: float = settings.setting(1e-5, range=settings.NON_NEGATIVE)
     warmup_epochs: float | None = settings.setting(None, range=settings.NON_NEGATIVE)
+    warmup_steps: int | None = settings.setting(None, range=settings.NON_NEGATIVE)
     warmup_lr: float = settings.setting(1e-5, range=settings.NON_NEGATIVE)
+    sched: str = settings.setting("cosine", choices=DECAY_TYPES)
     weight_decay: float = settings.setting(0.05, range=settings.NON_NEGATIVE)
     weight_decay_end: float | None = settings.setting(None, range=settings.NON_NEGATIVE)
     wd_semantics: str = settings.setting(
@@ -232,13 +241,15 @@ class OptimConfig:
 
     def __post_init__(self):
         settings.check_fields(self)
-        if self.warmup_epochs is None:  # resolved here, so args.yaml and the log show the value used
+        if self.warmup_steps is not None and self.warmup_epochs is not None:
+            raise ValueError(f"--warmup_steps {self.warmup_steps} and --warmup_epochs {self.warmup_epochs:g} both set the warm-up; give one")
+        if self.warmup_epochs is None and self.warmup_steps is None:  # resolved here, so args.yaml and the log show the value used
             object.__setattr__(self, "warmup_epochs", get_default_warmup_epochs(self.epochs))
         check_schedule_args(
             epochs=self.epochs,
             lr=self.lr,
             min_lr=self.min_lr,
-            warmup_epochs=self.warmup_epochs,
+            warmup_epochs=self.warmup_epochs or 0.0,
             warmup_lr=self.warmup_lr,
             weight_decay=self.weight_decay,
             weight_decay_end=self.weight_decay_end,
@@ -259,10 +270,18 @@ class OptimConfig:
         )
 
     def make_schedule(self, steps_per_epoch: int) -> Schedule:
+        total_steps = self.epochs * steps_per_epoch
+        warmup_steps = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_epochs * steps_per_epoch)
+        if self.warmup_steps is not None and warmup_steps >= total_steps:
+            raise ValueError(
+                f"--warmup_steps {warmup_steps} >= the run's {total_steps} steps ({self.epochs} epochs x {steps_per_epoch}): the LR would never reach "
+                f"--lr; pick fewer warm-up steps or more --epochs"
+            )
         return Schedule(
-            total_steps=self.epochs * steps_per_epoch,
+            total_steps=total_steps,
             lr=self.lr,
-            warmup_steps=int(self.warmup_epochs * steps_per_epoch),
+            warmup_steps=warmup_steps,
+            decay_type=self.sched,
             warmup_lr=self.warmup_lr,
             min_lr=self.min_lr,
             weight_decay=self.weight_decay,

@@ -128,20 +128,21 @@ class Mixup:
         return out, torch.tensor(lam_b, dtype=x_bchw.dtype).unsqueeze(1)
 
     def __call__(self, x_bchw: torch.Tensor, label_b: torch.Tensor, rng: np.random.RandomState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mixed images (new tensors) and soft targets `labels_bc` (rows sum to 1, not smoothed)."""
+        """Mixed images (new tensors) and soft targets `labels_bc` (not smoothed). `label_b`: int class labels [b], or float labels
+        [b, n_classes] (a pp `onehot`, as big_vision's configs give), mixed as they are."""
         assert len(x_bchw) % 2 == 0, f"mixup pairs element i with b - 1 - i: the batch size must be even, got {len(x_bchw)}"
-        assert label_b.ndim == 1, f"mixup takes int class labels [b], got shape {tuple(label_b.shape)}"
+        assert label_b.ndim in (1, 2), f"mixup takes int class labels [b] or float labels [b, c], got shape {tuple(label_b.shape)}"
         if self.mode == "batch":
             x_bchw, lam = self._mix_batch(x_bchw, rng)
         else:
             x_bchw, lam = self._mix_elem(x_bchw, rng, pair=self.mode == "pair")
-        y1_bc = F.one_hot(label_b.long(), self.num_classes).float()
+        y1_bc = F.one_hot(label_b.long(), self.num_classes).float() if label_b.ndim == 1 else label_b.float()
         labels_bc = y1_bc * lam + y1_bc.flip(0) * (1.0 - lam)
         return x_bchw, labels_bc
 
     def mix(self, batch: dict[str, torch.Tensor], rng: np.random.RandomState) -> dict[str, torch.Tensor]:
-        """A new batch dict: `image` mixed, `label` (int [b]) replaced by `labels` (float [b, n_classes])."""
-        image, labels = self(batch["image"], batch["label"], rng)
+        """A new batch dict: `image` mixed, `label` (int [b]) or pp `labels` replaced by mixed `labels` (float [b, n_classes])."""
+        image, labels = self(batch["image"], batch["labels"] if "labels" in batch else batch["label"], rng)
         out = {k: v for k, v in batch.items() if k not in ("image", "label")}
         out["image"], out["labels"] = image, labels
         return out

@@ -11,6 +11,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drop_path_rate", type=float, default=None)
     g.add_argument("--img_size", type=int, default=None, help="passed to models that take it (ViTs)")
     g.add_argument("--init_checkpoint", default=None, help="start from these weights (our checkpoint, timm state dict or .safetensors)")
+    g.add_argument("--head_init_bias", type=float, default=None, help="start every classifier bias at this value, e.g. -6.9 with --loss sigmoid_xent")
     g.add_argument(
         "--model_kwargs",
         default=None,

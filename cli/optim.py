@@ -12,7 +12,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     g.add_argument("--min_lr", type=float, default=1e-5)
     g.add_argument("--warmup_epochs", type=float, default=None, help="linear warm-up from --warmup_lr to --lr (default: 2 epochs, at most 20%% of --epochs)")
-    g.add_argument("--warmup_lr", type=float, default=1e-5)
+    g.add_argument("--warmup_steps", type=int, default=None, help="the warm-up in steps instead of --warmup_epochs (big_vision's schedule.warmup_steps)")
+    g.add_argument("--warmup_lr", type=float, default=1e-5, help="the LR of the first warm-up step's start")
+    g.add_argument("--sched", default="cosine", help="decay after the warm-up, to --min_lr at the last step: cosine | linear")
     g.add_argument("--weight_decay", type=float, default=0.05)
     g.add_argument("--weight_decay_end", type=float, default=None, help="cosine WD schedule end value (default: constant WD)")
     g.add_argument(
@@ -30,7 +32,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--opt_eps", type=float, default=None, help="eps of optimizers that take one (default: the optimizer's)")
     g.add_argument("--layer_decay", type=float, default=None, help="layer-wise LR decay: the LR of layer i of n is scaled by layer_decay^(n - 1 - i)")
     g.add_argument("--clip_grad", type=float, default=0.0, help="max global grad norm; 0 = no clipping")
-    g.add_argument("--label_smoothing", type=float, default=0.0)
+    g.add_argument("--label_smoothing", type=float, default=0.0, help="mix the targets with the uniform distribution by this much")
+    g.add_argument(
+        "--loss",
+        default="softmax_xent",
+        help="classification loss: softmax_xent | sigmoid_xent (big_vision's: binary cross-entropy per class, summed over classes, batch mean)",
+    )
 
     g = p.add_argument_group(
         "augmentation",

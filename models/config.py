@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import torch
 import yaml
 
 from models.registry import check_model_kwargs
@@ -42,6 +43,7 @@ class ModelConfig:
     drop_path_rate: float | None = settings.setting(None, range=settings.FRACTION)
     img_size: int | None = settings.setting(None, range=settings.POSITIVE)
     init_checkpoint: str | None = None
+    head_init_bias: float | None = None
     model_kwargs: dict | None = None  # more constructor arguments (--model_kwargs), checked against the constructor like the flags
 
     def __post_init__(self):
@@ -66,6 +68,17 @@ class ModelConfig:
     def cellset_kwargs(self, n_genes: int, n_perts: int, n_contexts: int) -> dict:
         """Constructor arguments of a cell-set model: sizes from the data, dropout from `--drop_rate`."""
         return self._with_model_kwargs({"n_genes": n_genes, "n_perts": n_perts, "n_contexts": n_contexts, "dropout": self.drop_rate}, CELLSET_MODEL_FLAGS)
+
+    def init_head(self, model: torch.nn.Module) -> None:
+        """`--head_init_bias`: every bias of the classifier head starts at this value (big_vision's init_head_bias, e.g. -6.9 with sigmoid_xent)."""
+        if self.head_init_bias is None:
+            return
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        bias = getattr(head, "bias", None)
+        if not isinstance(bias, torch.Tensor):
+            raise ValueError(f"--head_init_bias {self.head_init_bias:g}: model {self.model!r} has no classifier bias (get_classifier().bias); drop the flag")
+        with torch.no_grad():
+            bias.fill_(self.head_init_bias)
 
     def check_flags(self, data_kind: str, data_set: str) -> None:
         """Before any data is read: the model exists and takes every model flag given (built on the meta device: no memory, no weights)."""
