@@ -247,7 +247,7 @@ def wait_local(job: submitit.Job, run: sweep.Run) -> None:
         time.sleep(0.5)
     if job.paths.result_pickle.exists():
         try:
-            print(f"finished {run.name}: {job.result()}", flush=True)
+            print(f"finished {run.name}: {job.results()[0]}", flush=True)  # one result per task: rank 0's
             return
         except Exception as e:  # submitit's FailedJobError holds the job's traceback: its last line is the exception
             lines = str(e).splitlines()

@@ -119,7 +119,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if code == 0:
             return {"exit_code": 0, "output_dir": run_dpath}
         if code == preemption.get_exit_code(REQUEUE_SIGNAL) and callable(requeue):
-            log.warning("slurm: checkpoint written after %s; handing over to submitit to requeue", REQUEUE_SIGNAL.name)
+            log.warning("slurm: checkpoint written after %s; submitit requeues the job (from global rank 0)", REQUEUE_SIGNAL.name)
             try:
                 requeue(REQUEUE_SIGNAL, None)  # rank 0 exits in here (SystemExit); others return. UncompletedJobError (too many timeouts) propagates
             except SystemExit as e:
