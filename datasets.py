@@ -9,12 +9,16 @@ minival=train[99%:]`, each optionally from another prepared dataset, `--tfds_eva
 `--tfds_eval_pp`): each one padded and masked to full batches and reported apart (`eval/val/acc1`, best values `val/acc1`).
 """
 
+import contextlib
 import dataclasses
 import difflib
+import io
 import itertools
 import logging
 import os
 import re
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -196,9 +200,18 @@ def prepare_embedded(data_dpath: str, data_set: str = "digits") -> None:
     name, module = EMBEDDED_DATA_SETS[data_set]
     importlib.import_module(module)  # registers the builder
     builder = tfds.builder(name, data_dir=data_dpath)
-    if not builder.is_prepared():
-        log.info("preparing the embedded %s dataset in %s", data_set, data_dpath)
+    if builder.is_prepared():
+        return
+    log.info(
+        "preparing the embedded %s dataset in %s (built locally from data that ships with the installed packages: nothing is downloaded)", data_set, data_dpath
+    )
+    t0 = time.perf_counter()
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()  # a redirected log would get tqdm's carriage returns and escape codes
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared" (bold, with escape codes) to stdout itself: untrue here.
+    with contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare()
+    log.info("prepared the embedded %s dataset in %.1f s", data_set, time.perf_counter() - t0)
 
 
 def check_num_classes(flag_value: int | None, builder, train_spec: dict, pp_train: str) -> int:
