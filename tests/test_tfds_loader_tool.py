@@ -24,22 +24,22 @@ def test_describes_times_and_draws_digits(digits_dir, tmp_path):
     grid_fpath = tmp_path / "grid.png"
     pp = 'decode|resize(32)|value_range(-1, 1)|keep("image", "label")'
     r = _run(
-        "--data-dir",
+        "--data_dir",
         digits_dir,
         "--split",
         "train",
-        "--num-samples",
+        "--num_samples",
         "8",
         "--pp",
         pp,
-        "--batch-size",
+        "--batch_size",
         "32",
-        "--time-it",
+        "--time_it",
         "--seconds",
         "1",
-        "--warmup-seconds",
+        "--warmup_seconds",
         "0.5",
-        "--save-grid",
+        "--save_grid",
         str(grid_fpath),
     )
     assert r.returncode == 0, r.stderr
@@ -66,11 +66,11 @@ def test_describes_times_and_draws_digits(digits_dir, tmp_path):
         (["--split", "tarin"], r"error: bad split 'tarin' for TFDS dataset sklearn_digits/1\.0\.0.*splits are train, test"),
         (["--pp", 'decode|resise(32)|keep("image", "label")'], r"error: unknown pp op 'resise'; did you mean resize"),
         (["--dataset", "sklearn_digit"], r"error: TFDS dataset 'sklearn_digit' is not prepared.*did you mean sklearn_digits"),
-        (["--dataset", "mnist", "--data-dir", "/nonexistent/tfds"], r"error: --data-dir '/nonexistent/tfds' does not exist"),
+        (["--dataset", "mnist", "--data_dir", "/nonexistent/tfds"], r"error: --data_dir '/nonexistent/tfds' does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(digits_dir, argv, message):
-    r = _run("--data-dir", digits_dir, *argv)
+    r = _run("--data_dir", digits_dir, *argv)
     assert r.returncode == 2, r.stdout + r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and re.search(message, errors[0]), r.stderr

@@ -18,11 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-import anndata
-import numpy as np
-
-from cells import sets as cell_sets
-from cells import simulate as simulate_h5ad
+from cli.help import ArgumentParser
 
 
 def get_rate(read_one_pass: Callable[[], Iterator[int]], seconds: float) -> tuple[float, float]:
@@ -39,8 +35,8 @@ def get_rate(read_one_pass: Callable[[], Iterator[int]], seconds: float) -> tupl
                 return n_sets / (time.perf_counter() - start), (time.process_time() - cpu_start) / n_sets * 1e3
 
 
-def get_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser("python -m tools.bench_h5ad", description=__doc__)
     parser.add_argument(
         "--path", default=None, help="h5ad file to read; written with tools.simulate_h5ad when missing (default: a temp file, deleted afterwards)"
     )
@@ -50,7 +46,9 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--n_contexts", type=int, default=2)
     parser.add_argument("--cells_per_set", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=8, help="sets per batch of the pipeline measurement")
-    parser.add_argument("--read_threads", type=int, default=cell_sets.READ_THREADS, help="reader threads of the pipeline measurement")
+    parser.add_argument(
+        "--read_threads", type=int, default=None, help="reader threads of the pipeline measurement (default: the training pipeline's, cells.sets.READ_THREADS)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="timed window per reader and repeat")
     parser.add_argument("--repeats", type=int, default=3, help="windows per reader; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,11 +56,22 @@ def get_args() -> argparse.Namespace:
     parser.add_argument(
         "--transform", default="none", choices=("none", "log1p"), help="log1p: normalize_total + log1p on read (raw counts), as training on counts does"
     )
-    return parser.parse_args()
+    return parser
+
+
+def get_args() -> argparse.Namespace:
+    args = get_args_parser().parse_args()
+    from cells import sets as cell_sets
+
+    if args.read_threads is None:
+        args.read_threads = cell_sets.READ_THREADS
+    return args
 
 
 def make_readers(args: argparse.Namespace, data, sets: list, adata) -> dict[str, Callable[[], Iterator[int]]]:
     """One pass over `sets` per reader: naive AnnData, ours one set at a time, ours as the training pipeline."""
+    import numpy as np
+
     h5file = data.files[0]
 
     def naive_pass() -> Iterator[int]:
@@ -101,6 +110,11 @@ def make_readers(args: argparse.Namespace, data, sets: list, adata) -> dict[str,
 
 def bench(args: argparse.Namespace, path: str) -> tuple[dict[str, list[tuple[float, float]]], dict]:
     """Time every reader on `path`; returns the rates per reader and what the report needs besides."""
+    import anndata
+    import numpy as np
+
+    from cells import sets as cell_sets
+
     kwargs = dict(
         cells_per_set=args.cells_per_set, batch_size=args.batch_size, transform=args.transform, target_sum=1e4, seed=args.seed, read_threads=args.read_threads
     )
@@ -138,6 +152,8 @@ def bench(args: argparse.Namespace, path: str) -> tuple[dict[str, list[tuple[flo
 
 
 def print_report(args: argparse.Namespace, rates: dict[str, list[tuple[float, float]]], info: dict) -> None:
+    import numpy as np
+
     h5file = info["h5file"]
     naive, naive_cpu = np.median(np.array(rates["naive AnnData backed"]), axis=0)
     print(
@@ -157,6 +173,8 @@ def print_report(args: argparse.Namespace, rates: dict[str, list[tuple[float, fl
 
 def main() -> None:
     args = get_args()
+    from cells import simulate as simulate_h5ad
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     tmp_dpath = None

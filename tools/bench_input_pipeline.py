@@ -22,6 +22,8 @@ Usage: python -m tools.bench_input_pipeline [--n_images 768] [--batch_size 64] [
 [--timm_workers 1,2] [--rounds 2]
 """
 
+from __future__ import annotations  # the signatures name tfds types, imported only after --help
+
 import argparse
 import dataclasses
 import gc
@@ -31,12 +33,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
-import tensorflow_datasets as tfds
+from cli.help import ArgumentParser
 
-from tools import bench_jpegs
-from utils.tf_import import tf  # torch_xla before TensorFlow
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 log = logging.getLogger("bench")
 
@@ -105,6 +107,7 @@ def make_ours(builder: tfds.core.DatasetBuilder, batch_size: int, variant: str) 
     import torch
 
     from big_vision import input_pipeline as ip
+    from utils.tf_import import tf  # torch_xla before TensorFlow
 
     kwargs, extra_options, pp_str = VARIANTS[variant]
     options = tf.data.Options()
@@ -150,6 +153,8 @@ def make_timm(folder_dpath: str, batch_size: int, num_workers: int) -> Callable[
 
 def get_decode_ceiling(files: list[tuple[str, int]], seconds: float, seed: int) -> dict[str, Measurement]:
     """decode_and_crop_jpeg alone (inception-crop windows sampled beforehand) on one thread and in tf.data over all cores; full decode_jpeg on one thread."""
+    from utils.tf_import import tf  # torch_xla before TensorFlow
+
     tf.random.set_seed(seed)
     jpegs = []
     for fpath, _ in files:
@@ -193,7 +198,7 @@ def get_decode_ceiling(files: list[tuple[str, int]], seconds: float, seed: int) 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser("python -m tools.bench_input_pipeline", description=__doc__)
     parser.add_argument("--n_images", type=int, default=768, help="distinct JPEGs to write")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--n_batches", type=int, default=60, help="timed batches per measurement (the same for every loader)")
@@ -212,6 +217,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def prepare_data(folder_dpath: str, data_dpath: str, n_images: int, seed: int) -> tuple[list[tuple[str, int]], tfds.core.DatasetBuilder]:
     """The JPEG files (written unless `folder_dpath` holds them already) and the TFDS dataset of the same bytes."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    from tools import bench_jpegs
+
     start = time.perf_counter()
     if os.path.isdir(folder_dpath):
         files = [
@@ -260,6 +270,7 @@ def measure_rounds(
 
 
 def print_report(args: argparse.Namespace, n_files: int, best: dict[str, Measurement], ceiling: dict[str, Measurement], ours_name: str) -> None:
+
     print(
         f"\n{n_files} JPEGs, batch {args.batch_size}, {args.n_batches * args.batch_size} timed images per measurement "
         f"after {args.warmup_batches} warm-up batches, "

@@ -14,6 +14,8 @@ import os
 import re
 import time
 
+from cli.help import ArgumentParser
+
 
 def time_epochs(runtime, data, step_fn, overlap: bool, n_epochs: int) -> tuple[float, float]:
     """Seconds per step and seconds waiting for input per step, over `n_epochs` after one warm-up epoch."""
@@ -42,7 +44,7 @@ def time_epochs(runtime, data, step_fn, overlap: bool, n_epochs: int) -> tuple[f
 
 
 def get_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m tools.bench_xla_loader", description=__doc__)
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)

@@ -7,7 +7,6 @@ recipe plus the KD flags). Every run is a fresh `python main.py` process; unknow
 to its own directory under --output_root, which this script empties first (it owns those directories).
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from utils import checkpoint as ckpt
+from cli.help import ArgumentParser
 
 REPO_DPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES_DPATH = os.path.join(REPO_DPATH, "train", "recipes")
@@ -46,11 +45,12 @@ def get_summary(values: list[float]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m tools.run_kd_experiment", description=__doc__)
     p.add_argument("--teacher_path", default=None, help="reuse this teacher checkpoint instead of training one")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--output_root", default=os.path.join(REPO_DPATH, "output", "kd_experiment"))
     args, extra = p.parse_known_args()
+    from utils import checkpoint as ckpt
 
     teacher_acc = None
     teacher_fpath = args.teacher_path

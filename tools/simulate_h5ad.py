@@ -3,14 +3,13 @@
 Usage: python -m tools.simulate_h5ad OUT.h5ad --n_cells 200000 --n_genes 2000 --seed 0
 """
 
-import argparse
 import logging
 
-from cells.simulate import simulate_h5ad
+from cli.help import ArgumentParser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser("python -m tools.simulate_h5ad", description=__doc__)
     parser.add_argument("out", help="output .h5ad path")
     parser.add_argument("--n_cells", type=int, default=20_000)
     parser.add_argument("--n_genes", type=int, default=2_000)
@@ -33,6 +32,8 @@ def main() -> None:
         help="rescale gene means to about this many UMIs per cell (default: ~600 at 2000 genes, fewer with fewer genes)",
     )
     args = parser.parse_args()
+    from cells.simulate import simulate_h5ad
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     simulate_h5ad(
         args.out,

@@ -13,13 +13,14 @@ import sys
 import tempfile
 import time
 
+from cli.help import ArgumentParser
 from tests import proc
 
 REPO_DPATH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser("python -m tools.stress_ddp_teardown", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=30, help="number of torchrun launches")
     p.add_argument("--timeout_s", type=float, default=60.0, help="a run still going after this many seconds is a hang")
     p.add_argument("--nproc", type=int, default=2, help="processes per launch")

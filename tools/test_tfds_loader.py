@@ -1,17 +1,17 @@
 """Look at what the model sees: preprocessed TFDS examples, their value ranges, the input rate, and a picture grid.
 
 Usage:
-  python -m tools.test_tfds_loader [--data-dir DIR] [--dataset NAME] [--split train] [--num-samples 8] [--pp 'PP STRING'] \\
-      [--batch-size 64] [--time-it --seconds 10] [--save-grid out.png]
+  python -m tools.test_tfds_loader [--data_dir DIR] [--dataset NAME] [--split train] [--num_samples 8] [--pp 'PP STRING'] \\
+      [--batch_size 64] [--time_it --seconds 10] [--save_grid out.png]
 
 The examples come from the train pipeline that training uses (`big_vision.input_pipeline.make_train_dataset`: shuffled with `--seed`,
-preprocessed with the pp string). The default dataset is the embedded `sklearn_digits`, prepared into `--data-dir` on first use; its pp
+preprocessed with the pp string). The default dataset is the embedded `sklearn_digits`, prepared into `--data_dir` on first use; its pp
 string defaults to the one training uses, and any other dataset defaults to the ImageNet train pp string.
 
-`--time-it` runs the same pipeline with `--batch-size` through `iterate_torch` (the torch hand-off included) for a warm-up of
-`--warmup-seconds`, then counts images over a window of `--seconds`.
+`--time_it` runs the same pipeline with `--batch_size` through `iterate_torch` (the torch hand-off included) for a warm-up of
+`--warmup_seconds`, then counts images over a window of `--seconds`.
 
-`--save-grid` writes a PNG: one tile per sample, `--grid-cols` per row, each image scaled up by an integer factor to at least 96 px on its
+`--save_grid` writes a PNG: one tile per sample, `--grid_cols` per row, each image scaled up by an integer factor to at least 96 px on its
 longer side (nearest neighbour, so pixels stay visible), with its label under it. Float images are mapped back to 0..255: [-1, 1] and [0, 1]
 ranges exactly, any other range by the batch's min and max.
 
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-import datasets
+from cli.help import ArgumentParser
 
 MIN_TILE_PX = 96
 CAPTION_PX = 14
@@ -36,24 +36,26 @@ PAD_PX = 4
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m tools.test_tfds_loader", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None, help="prepared TFDS data dir, local or gs:// (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    p.add_argument("--dataset", default=datasets.DIGITS_NAME, help=f"TFDS name (default: the embedded {datasets.DIGITS_NAME}, prepared on first use)")
+    p = ArgumentParser("python -m tools.test_tfds_loader", description=__doc__)
+    p.add_argument("--data_dir", default=None, help="prepared TFDS data dir, local or gs:// (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--dataset", default=None, help="TFDS name (default: the embedded digits dataset, datasets.DIGITS_NAME, prepared on first use)")
     p.add_argument("--split", default="train", help="TFDS split, slices allowed: train[:1%%]")
     p.add_argument("--pp", default=None, help="pp string (default: the training one for digits, else the ImageNet train string)")
-    p.add_argument("--num-samples", type=int, default=8, help="examples to describe and draw")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of the --time-it pipeline")
+    p.add_argument("--num_samples", type=int, default=8, help="examples to describe and draw")
+    p.add_argument("--batch_size", type=int, default=64, help="batch size of the --time_it pipeline")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shuffle-buffer", type=int, default=10_000)
-    p.add_argument("--time-it", action="store_true", help="measure images/s of the train pipeline")
-    p.add_argument("--seconds", type=float, default=10.0, help="timed window of --time-it")
-    p.add_argument("--warmup-seconds", type=float, default=2.0, help="untimed warm-up before the window")
-    p.add_argument("--save-grid", default=None, metavar="PNG", help="write a picture grid of the samples here")
-    p.add_argument("--grid-cols", type=int, default=8)
+    p.add_argument("--shuffle_buffer", type=int, default=10_000)
+    p.add_argument("--time_it", action="store_true", help="measure images/s of the train pipeline")
+    p.add_argument("--seconds", type=float, default=10.0, help="timed window of --time_it")
+    p.add_argument("--warmup_seconds", type=float, default=2.0, help="untimed warm-up before the window")
+    p.add_argument("--save_grid", default=None, metavar="PNG", help="write a picture grid of the samples here")
+    p.add_argument("--grid_cols", type=int, default=8)
     return p
 
 
 def get_default_pp(dataset: str) -> str:
+    import datasets
+
     return datasets.DIGITS_PP_TRAIN if dataset == datasets.DIGITS_NAME else datasets.IMAGENET_PP_TRAIN
 
 
@@ -151,23 +153,25 @@ def get_images_per_s(make_ds, batch_size: int, seconds: float, warmup_seconds: f
 
 
 def run(args: argparse.Namespace) -> None:
+    import datasets
     from big_vision import input_pipeline as ip
     from utils.tf_import import tf
 
     data_dpath = args.data_dir or datasets.get_default_data_dir()
+    args.dataset = args.dataset or datasets.DIGITS_NAME
     if args.dataset == datasets.DIGITS_NAME:
         os.makedirs(data_dpath, exist_ok=True)
         datasets.prepare_embedded(data_dpath)
     elif not tf.io.gfile.exists(data_dpath):
         raise FileNotFoundError(
-            f"--data-dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)"
+            f"--data_dir {data_dpath!r} does not exist; point it at the directory that holds prepared TFDS datasets (e.g. gs://bucket/tensorflow_datasets)"
         )
     builder = ip.make_builder(args.dataset, data_dpath)
     split = ip.get_split(builder, args.split)
     pp_str = args.pp if args.pp is not None else get_default_pp(args.dataset)
     n_examples = ip.get_num_examples(builder, split)
     if args.num_samples > n_examples:
-        raise ValueError(f"--num-samples {args.num_samples} is more than the {n_examples} examples in split {split!r}")
+        raise ValueError(f"--num_samples {args.num_samples} is more than the {n_examples} examples in split {split!r}")
 
     def make_ds(batch_size: int, epoch: int = 0):
         return ip.make_train_dataset(builder, split, pp_str, batch_size, epoch=epoch, seed=args.seed, shuffle_buffer=args.shuffle_buffer)
@@ -180,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.save_grid:
         if "image" not in batch or batch["image"].ndim != 4:
-            raise ValueError(f"--save-grid needs an 'image' key of shape [h, w, c] after pp; the pp output has {sorted(batch)}")
+            raise ValueError(f"--save_grid needs an 'image' key of shape [h, w, c] after pp; the pp output has {sorted(batch)}")
         images, how = get_display_uint8(batch["image"])
         label_feature = builder.info.features["label"] if "label" in builder.info.features else None
         label_names = getattr(label_feature, "names", None)
@@ -189,7 +193,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.time_it:
         if args.batch_size > n_examples:
-            raise ValueError(f"--batch-size {args.batch_size} is more than the {n_examples} examples in split {split!r}")
+            raise ValueError(f"--batch_size {args.batch_size} is more than the {n_examples} examples in split {split!r}")
         rate, n_images = get_images_per_s(lambda epoch: make_ds(args.batch_size, epoch), args.batch_size, args.seconds, args.warmup_seconds)
         print(
             f"input rate: {rate:.1f} images/s ({n_images} images in a {args.seconds:g} s window after {args.warmup_seconds:g} s warm-up, "

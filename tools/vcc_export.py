@@ -11,12 +11,11 @@ import argparse
 import logging
 import sys
 
-from cells import submission
-from tasks.cellset_export import ExportRequest, export
+from cli.help import ArgumentParser
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("python -m tools.vcc_export", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser("python -m tools.vcc_export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint-*.pt of a --data_set h5ad run")
     p.add_argument("--pert_counts", required=True, help="CSV with target_gene,n_cells: the perturbations to predict and how many cells each")
     p.add_argument("--context", required=True, help="the context (cell line) to predict in; one of the checkpoint's contexts")
@@ -34,6 +33,9 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = get_args(argv)
+    from cells import submission
+    from tasks.cellset_export import ExportRequest, export
+
     try:
         out = export(ExportRequest(**vars(args)))
     except (ValueError, FileNotFoundError) as e:

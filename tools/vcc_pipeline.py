@@ -10,26 +10,24 @@
 3. cell-eval scores the exported submission itself against the real held-out cells: the numbers a submission of this file gets.
 """
 
-import argparse
 import csv
 import json
 import os
 import sys
 import tempfile
 
-import anndata
-import numpy as np
-
-import main as train_main
-from cells import scoring, submission
-from tasks.cellset_export import ExportRequest, export, open_checkpoint_data
-from utils import checkpoint as ckpt
+from cli.help import ArgumentParser
 
 RECIPE = os.path.join("train", "recipes", "cellset_sim.yaml")
 
 
 def real_held_out(state: dict, context: str):
     """The real held-out cells of `context` and its control cells, transformed and in gene order as the model saw them."""
+    import numpy as np
+
+    from cells import scoring
+    from tasks.cellset_export import open_checkpoint_data
+
     with tempfile.TemporaryDirectory() as tmp:
         cells = open_checkpoint_data(state, tmp, held_out=True)
     ctx = cells.context_names.index(context)
@@ -45,11 +43,19 @@ def real_held_out(state: dict, context: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser("python -m tools.vcc_pipeline", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser("python -m tools.vcc_pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default=os.path.join("output", "vcc_sim"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("extra", nargs="*", help="more main.py flags, after --")
     args = p.parse_args(argv)
+    import anndata
+    import numpy as np
+
+    import main as train_main
+    from cells import scoring, submission
+    from tasks.cellset_export import ExportRequest, export
+    from utils import checkpoint as ckpt
+
     out = args.output_dir
     summary = train_main.main(["--config", RECIPE, "--output_dir", out, "--seed", str(args.seed), "--resume", "auto", *args.extra])
     fpath = ckpt.list_checkpoints(out)[0][1]
