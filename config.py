@@ -15,6 +15,7 @@ import os
 
 import yaml
 
+from activations.config import ActivationsConfig
 from cli import FLAG_GROUPS, big_vision_config
 from datasets import DataConfig
 from engine import TrainConfig
@@ -145,6 +146,7 @@ class Settings:
     set_loss: SetLossConfig
     cell_eval: CellEvalConfig
     classification: ClassificationConfig
+    activations: ActivationsConfig
     resume: str = ""
     tensorboard: bool = True
     flags: dict = dataclasses.field(default_factory=dict)

@@ -15,6 +15,7 @@ Exit codes (by exception type, see `utils.errors`):
        says how to resume (`--resume auto --output_dir ...`)
 """
 
+import dataclasses
 import logging
 import os
 import signal
@@ -70,11 +71,16 @@ def _run_process(index: int, s: Settings) -> dict:
 
 def run(s: Settings, runtime: Runtime) -> dict:
     """The start-up phase (every check, inside `errors.startup()`), then training; returns the final metrics."""
+    if s.activations.extract_only:
+        return run_extract_only(s, runtime)
     with errors.startup():
         trainer = build_trainer(s, runtime)
     try:
         metrics = trainer.fit()
         metrics.update(score_held_out(s, runtime, trainer))
+        if s.activations.enabled:
+            info = {"model": s.model.model, "checkpoint": trainer.save(), "checkpoint_step": trainer.position.global_step}
+            metrics.update(extract_activations(s, runtime, trainer.model, _extraction_task(s, runtime, trainer.data, trainer.task), trainer.data, info))
     finally:
         trainer.logger.close()
     summary = {**metrics, "steps": trainer.position.global_step}
@@ -82,6 +88,48 @@ def run(s: Settings, runtime: Runtime) -> dict:
         summary["compiles"] = runtime.compile_count()
     if runtime.is_main:
         print("final: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    return summary
+
+
+def _extraction_task(s: Settings, runtime: Runtime, data: datasets.Data, task=None):
+    """The eval forward extraction runs: the plain classifier for images (a distillation teacher stays out), the set task for cells."""
+    if data.kind == "image":
+        from tasks.classification import ClassificationTask
+
+        return ClassificationTask(runtime)
+    return task if task is not None else TASKS[data.kind](s, runtime, None, data)
+
+
+def extract_activations(s: Settings, runtime: Runtime, model: torch.nn.Module, task, data: datasets.Data, info: dict) -> dict:
+    """One pass over --extract_split with --extract_layers hooked, into --activations_dir (resumed there); returns the figures of this process."""
+    from activations import extract
+    from activations.source import make_source
+
+    with errors.startup():
+        dpath = s.activations.get_dpath(s.train.output_dir)
+        source = make_source(data, s.activations.extract_split, runtime.rank, runtime.world_size, s.data.seed)
+        prepared = extract.setup(model, task, runtime, source, s.activations, dpath, {**info, "flags": s.flags}, seed=s.data.seed)
+    out = extract.run(model, task, runtime, prepared, s.activations, dpath)
+    return {f"activations/{k}": v for k, v in out.items()}
+
+
+def run_extract_only(s: Settings, runtime: Runtime) -> dict:
+    """--extract_only: the weights of --resume or --init_checkpoint, no optimizer, one extraction pass."""
+    with errors.startup():
+        check_startup(dataclasses.replace(s, resume="", train=dataclasses.replace(s.train, output_dir="")), runtime)  # nothing is written to --output_dir
+        data = datasets.build_data(s.data, runtime.rank, runtime.world_size)
+        model = build_model(s, runtime, data)
+        info = {"model": s.model.model, "checkpoint": s.model.init_checkpoint, "checkpoint_step": ckpt.get_checkpoint_step(s.model.init_checkpoint or "")}
+        found = ckpt.find_resume(s.resume, s.train.output_dir)
+        if found:
+            ckpt.load_model_state(runtime.unwrap(model), ckpt.get_model_state(found[1]), source=found[0], what="--resume")
+            info |= {"checkpoint": found[0], "checkpoint_step": (found[1].get("position") or {}).get("global_step")}
+        if not info["checkpoint"]:
+            raise ValueError("--extract_only needs trained weights: --init_checkpoint FILE, or --resume auto|PATH with the run's --output_dir")
+        task = _extraction_task(s, runtime, data)
+    summary = extract_activations(s, runtime, model, task, data, info)
+    if runtime.is_main:
+        print("final: " + "  ".join(f"{k} {v}" for k, v in summary.items()))
     return summary
 
 
@@ -192,6 +240,12 @@ def build_trainer(s: Settings, runtime: Runtime) -> engine.Trainer:
         fpath, state = found
         trainer.load_state_dict(state, source=fpath)
         log.info("resumed from %s at epoch %d, step %d", fpath, trainer.position.epoch, trainer.position.global_step)
+    if s.activations.enabled:
+        from activations.capture import resolve_layers
+        from activations.source import make_source
+
+        resolve_layers(runtime.unwrap(model), s.activations.layers)
+        make_source(data, s.activations.extract_split, runtime.rank, runtime.world_size, s.data.seed)
     return trainer
 
 
