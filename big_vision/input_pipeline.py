@@ -91,6 +91,49 @@ def _make_pp(pp_str: str, mask: bool = False) -> Callable[[dict], dict]:
     return run
 
 
+# Ops that give the same values on one example or on a batch of them (elementwise, broadcasting over the last axis), and the ops they may
+# move past on their way to after the batching: those that do not touch their key.
+BATCH_TAIL_OPS = ("value_range",)
+KEY_OPS = ("keep", "onehot")
+
+
+def _op_keys(name: str, args: tuple, kwargs: dict) -> tuple[set[str], set[str]]:
+    """(keys read, keys written) of a value_range or onehot segment."""
+    if name == "onehot":
+        src = kwargs.get("key", args[1] if len(args) > 1 else "labels")
+        return {src}, {kwargs.get("key_result") or (args[2] if len(args) > 2 and args[2] else src)}
+    src, dst = (kwargs.get("key"),) * 2 if kwargs.get("key") else (kwargs.get("inkey", "image"), kwargs.get("outkey", "image"))
+    return {src}, {dst}
+
+
+def split_batch_tail(pp_str: str) -> tuple[str, str]:
+    """(per-example head, batch tail): trailing `value_range` ops move after the batching when only `keep`/`onehot` ops that leave their keys
+    alone follow them. The values are the same (elementwise float32 math); the batch is built from uint8 images, a quarter of the bytes, and the
+    conversion runs once over the whole batch. "" tail: nothing moves."""
+    segments = [seg.strip() for seg in pp_str.split("|") if seg.strip()]
+    parsed = [pp_builder._parse_segment(seg) for seg in segments]
+    tail, later = [], []  # `later`: the ops after the current one that stay per example
+    for i in range(len(segments) - 1, -1, -1):
+        name, args, kwargs = parsed[i]
+        if name in BATCH_TAIL_OPS and not tail_blocked(later, *_op_keys(name, args, kwargs)):
+            tail.insert(0, i)
+        elif name in KEY_OPS:
+            later.append(parsed[i])
+        else:
+            break
+    return "|".join(seg for i, seg in enumerate(segments) if i not in tail), "|".join(segments[i] for i in tail)
+
+
+def tail_blocked(later: list, reads: set[str], writes: set[str]) -> bool:
+    """Whether an op reading `reads` and writing `writes` cannot move past the `later` ops: one drops its key or touches it."""
+    for name, args, kwargs in later:
+        if name == "keep" and not writes <= set(args):
+            return True
+        if name == "onehot" and (_op_keys(name, args, kwargs)[0] | _op_keys(name, args, kwargs)[1]) & (reads | writes):
+            return True
+    return False
+
+
 def _make_seeded_pp(pp_str: str, epoch_seed: int, process_index: int) -> Callable[[tf.Tensor, dict], dict]:
     """The pp function over `(index, example)`: random ops draw from stateless streams keyed by (epoch_seed, process, index)."""
     pp = _make_pp(pp_str)
@@ -218,8 +261,10 @@ def make_train_dataset(
     num_parallel_calls: int = AUTOTUNE,
     private_threadpool_size: int = 0,
     deterministic: bool = True,
+    batch_tail: bool = True,
 ) -> tf.data.Dataset:
-    """One epoch of full batches for this process, starting at `start_step` of that epoch; `raw`: `make_raw_cache`'s dataset (the same for every epoch)."""
+    """One epoch of full batches for this process, starting at `start_step` of that epoch; `raw`: `make_raw_cache`'s dataset (the same for every epoch).
+    `batch_tail`: run the pp string's trailing value_range over whole batches (`split_batch_tail`; the same values)."""
     epoch_seed = get_epoch_seed(seed, epoch)
     if raw is None:
         raw = _read(builder, _process_split(split, process_index, process_count, True), epoch_seed, skip_decode)
@@ -229,8 +274,11 @@ def make_train_dataset(
     ds = ds.enumerate()  # before skip: an example's index (its random-op seed) is its place in the epoch's order
     if start_step:
         ds = ds.skip(start_step * batch_size)  # before pp: skipped examples are never decoded
-    ds = ds.map(_make_seeded_pp(pp_str, epoch_seed, process_index), num_parallel_calls=num_parallel_calls)
+    head, tail = split_batch_tail(pp_str) if batch_tail else (pp_str, "")
+    ds = ds.map(_make_seeded_pp(head, epoch_seed, process_index), num_parallel_calls=num_parallel_calls)
     ds = ds.batch(batch_size, drop_remainder=True)
+    if tail:
+        ds = ds.map(tf.autograph.experimental.do_not_convert(pp_builder.get_preprocess_fn(tail)), num_parallel_calls=num_parallel_calls)
     ds = ds.with_options(_options(private_threadpool_size, deterministic))
     return ds.prefetch(prefetch)
 

@@ -47,6 +47,7 @@ PP_FULL_DECODE = 'decode|inception_crop(224)|flip_lr|value_range(-1, 1)|keep("im
 # name -> (make_train_dataset kwargs, extra tf.data options, pp string). Applied on top of make_train_dataset's defaults.
 VARIANTS: dict[str, tuple[dict, dict, str]] = {
     "default": ({}, {}, PP_TRAIN),
+    "no_batch_tail": ({"batch_tail": False}, {}, PP_TRAIN),  # the whole pp string per example (value_range before the batching)
     "nondet": ({"deterministic": False}, {}, PP_TRAIN),
     "intra1": ({}, {"max_intra_op_parallelism": 1}, PP_TRAIN),
     "nondet_intra1": ({"deterministic": False}, {"max_intra_op_parallelism": 1}, PP_TRAIN),
