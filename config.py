@@ -28,6 +28,7 @@ from tasks.distillation import DistillConfig
 from utils import settings
 from utils.device import RuntimeConfig
 from utils.ema import EmaConfig
+from utils.logging import LoggingConfig
 
 DESCRIPTION = (
     "Train a backbone: python main.py [--config recipe.yaml] [--flag value ...]. "
@@ -147,8 +148,8 @@ class Settings:
     cell_eval: CellEvalConfig
     classification: ClassificationConfig
     activations: ActivationsConfig
+    logs: LoggingConfig
     resume: str = ""
-    tensorboard: bool = True
     flags: dict = dataclasses.field(default_factory=dict)
 
 

@@ -36,6 +36,7 @@ from utils.device import Runtime
 from utils.ema import ModelEma
 from utils.errors import TrainingDiverged
 from utils.logging import MetricLogger, format_duration
+from utils.profiling import StepProfiler
 
 log = logging.getLogger("train")
 
@@ -158,6 +159,8 @@ class Trainer:
     `metadata` describes the data the model was trained on (`Data.metadata`), saved as `data` so a checkpoint can be used without its dataset.
     """
 
+    profiler: StepProfiler | None = None  # --profile_steps: told before and after each step (a class default, so a bare subclass's fit() works too)
+
     def __init__(
         self,
         config: TrainConfig,
@@ -172,8 +175,10 @@ class Trainer:
         ema: ModelEma | None = None,
         run_config: dict | None = None,
         metadata: dict | None = None,
+        profiler: StepProfiler | None = None,
     ):
         self.config, self.runtime, self.model, self.task, self.ema = config, runtime, model, task, ema
+        self.profiler = profiler
         self.run_config = dict(run_config or {})
         self.metadata = dict(metadata or {})  # what the model was trained on (a set model's genes, perturbations, contexts): saved as "data"
         self.optimizer, self.schedule, self.data, self.logger = optimizer, schedule, data, logger
@@ -262,14 +267,14 @@ class Trainer:
         return fpath
 
     # ---- logging ------------------------------------------------------------------------------
-    def _log_closure(self, step: int, epoch: int, lr: float, out: dict[str, torch.Tensor], nonfinite_t: torch.Tensor) -> None:
+    def _log_closure(self, step: int, epoch: int, lr: float, out: dict[str, torch.Tensor], nonfinite_t: torch.Tensor, epoch_frac: float = 0.0) -> None:
         values = {k: float(v.item()) for k, v in out.items()}
         if float(nonfinite_t.item()) > 0 and self.failure is None:
             self.failure = f"loss became nan or inf between steps {self.last_checked_step} and {step}"
         self._check_recompiles(self.last_checked_step, step)
         self.last_checked_step = step
         values["lr"] = lr
-        self.logger.train_progress(step, epoch, self.config.epochs, values, self.examples_per_step)
+        self.logger.train_progress(step, epoch, self.config.epochs, values, self.examples_per_step, epoch_frac=epoch_frac)
 
     def _check_recompiles(self, step_a: int, step_b: int) -> None:
         """After warm-up, name the step range of any new compile (read in the logging closure: no extra sync)."""
@@ -330,15 +335,19 @@ class Trainer:
     def train_epoch(self, epoch: int) -> None:
         cfg, pos = self.config, self.position
         steps = self.data.steps_per_epoch
-        batches = self.runtime.device_loader(self.data.train_batches(epoch, pos.step_in_epoch))
+        batches = self.logger.time_input(self.runtime.device_loader(self.data.train_batches(epoch, pos.step_in_epoch)))  # perf/data_wait_pct
         for batch in batches:
+            if self.profiler is not None:
+                self.profiler.before_step(pos.global_step + 1)
             lr = self.schedule.apply(self.optimizer, pos.global_step)
             out, self.nonfinite_t = self._train_fn(batch, self.nonfinite_t)
             pos.global_step += 1
             pos.step_in_epoch += 1
             if pos.global_step % cfg.log_every == 0 or pos.step_in_epoch == steps:
-                self.runtime.add_step_closure(self._log_closure, args=(pos.global_step, epoch, lr, out, self.nonfinite_t))
+                self.runtime.add_step_closure(self._log_closure, args=(pos.global_step, epoch, lr, out, self.nonfinite_t, pos.step_in_epoch / steps))
             self.runtime.mark_step()
+            if self.profiler is not None:
+                self.profiler.after_step(pos.global_step)
             if self.failure is not None:
                 self._check_finite()
             if cfg.save_every_steps and pos.global_step % cfg.save_every_steps == 0 and pos.step_in_epoch < steps:
@@ -374,8 +383,12 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to `config.epochs`; SIGTERM/SIGINT stop it cleanly (checkpoint, then `TrainingStopped`). The previous handlers are back on return."""
-        with self.stop:
-            return self._fit()
+        try:
+            with self.stop:
+                return self._fit()
+        finally:
+            if self.profiler is not None:
+                self.profiler.close()
 
     def _fit(self) -> dict[str, float]:
         cfg = self.config
@@ -399,6 +412,7 @@ class Trainer:
                 self.save()
                 self._warm["save"] = True
             self._report_compiles(epoch, warm_before)
+            self.logger.end_epoch(epoch, self.position.global_step)  # summary.csv's row of this epoch
             if not last and self._should_stop(sync=True):
                 self._stop()  # a signal during the eval or the save
         self._check_finite()

@@ -37,7 +37,7 @@ from utils import checkpoint as ckpt
 from utils import errors, fs, preemption
 from utils.device import Runtime
 from utils.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OUTPUT_WRITE, get_exit_code  # noqa: F401  (the exit codes above, decided by type)
-from utils.logging import MetricLogger, setup_logging
+from utils.logging import MetricLogger, parse_profile_steps, setup_logging
 
 log = logging.getLogger("train")
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run_process(index: int, s: Settings) -> dict:
+    setup_logging(True, debug=s.logs.log_level == "debug")  # before the runtime: torch_xla's import-time notices go through the console filter
     # The runtime first: on XLA it imports torch_xla before anything imports TensorFlow.
     with errors.startup():
         runtime = s.runtime.make_runtime()
@@ -200,6 +201,62 @@ def _cellset_task(s: Settings, runtime: Runtime, model: torch.nn.Module, data: d
 TASKS: dict[str, Callable] = {"image": _image_task, "cellset": _cellset_task}
 
 
+def get_flops_probe(data: datasets.Data, task) -> tuple[Callable, dict]:
+    """A 2-example host batch of the data's shapes and the train loss to count FLOPs with (a distillation teacher: its forward only)."""
+    if data.kind == "image":
+        batch = {"image": torch.zeros(2, *data.image_shape), "label": torch.zeros(2, dtype=torch.long)}
+    else:
+        n, g = data.cells.cells_per_set, data.cells.n_genes
+        batch = {
+            "ctrl": torch.zeros(2, n, g),
+            "target": torch.zeros(2, n, g),
+            "pert": torch.zeros(2, dtype=torch.long),
+            "cell_line": torch.zeros(2, dtype=torch.long),
+        }
+    batch["_mask"] = torch.ones(2, dtype=torch.bool)
+    teacher = getattr(task, "teacher", None)
+    if teacher is None:
+        return (lambda m, b: task.train_loss(m, b)[0]), batch
+    from utils.flops import to_meta
+
+    teacher_meta = to_meta(teacher)
+
+    def loss_with_teacher(m: torch.nn.Module, b: dict) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_meta(b["image"])
+        return m(b["image"]).float().sum()
+
+    return loss_with_teacher, batch
+
+
+def build_logger(s: Settings, runtime: Runtime, data: datasets.Data, model: torch.nn.Module, task, total_steps: int) -> MetricLogger:
+    """The metric logger: its backends (main process), host and device stats, and MFU from the model's FLOPs per step, counted once here."""
+    from utils import devstats, flops
+    from utils import logging as logs
+
+    backends = logs.make_backends(s.logs, s.train.output_dir, total_steps, s.train.epochs, s.flags, bool(s.resume)) if runtime.is_main else []
+    stats = logs.make_stats(s.logs, runtime.kind, runtime.device, spmd=runtime.parallel in ("spmd", "fsdp"))
+    try:
+        loss_fn, batch = get_flops_probe(data, task)
+        per_example = flops.count_flops_per_example(runtime.unwrap(model), loss_fn, batch)
+    except Exception as e:  # noqa: BLE001  (a model the meta device cannot run: the run trains the same, without MFU)
+        log.warning("flops: not counted (%s: %s); no MFU in this run", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    else:
+        kind = devstats.get_device_kind(runtime.kind, runtime.device)
+        stats.append(flops.make_mfu_stats(per_example, s.data.batch_size, runtime.n_devices, kind, s.logs.peak_tflops))
+    return MetricLogger(backends, runtime.is_main, stats=stats, n_devices=runtime.n_devices)
+
+
+def build_profiler(s: Settings, runtime: Runtime):
+    """--profile_steps A:B on the main process (a trace under --output_dir/tb), else None."""
+    steps = parse_profile_steps(s.logs.profile_steps)
+    if steps is None or not runtime.is_main or not s.train.output_dir:
+        return None
+    from utils.profiling import StepProfiler
+
+    return StepProfiler(steps[0], steps[1], os.path.join(s.train.output_dir, "tb"), runtime.kind, runtime.wait)
+
+
 def build_trainer(s: Settings, runtime: Runtime) -> engine.Trainer:
     """Everything before the first train step: data, model, optimizer, task, EMA, logger, resume. Runs inside `utils.errors.startup()`."""
     check_startup(s, runtime)
@@ -220,7 +277,7 @@ def build_trainer(s: Settings, runtime: Runtime) -> engine.Trainer:
     output_dpath = s.train.output_dir
     if runtime.is_main and output_dpath:
         fs.write_text_atomic(fs.join(output_dpath, "args.yaml"), yaml.safe_dump(s.flags, sort_keys=False), what="--output_dir")
-    logger = MetricLogger(output_dpath, runtime.is_main, schedule.total_steps, tensorboard=s.tensorboard)
+    logger = build_logger(s, runtime, data, model, task, schedule.total_steps)
     trainer = engine.Trainer(
         s.train,
         runtime,
@@ -231,6 +288,7 @@ def build_trainer(s: Settings, runtime: Runtime) -> engine.Trainer:
         data,
         logger,
         examples_per_step=s.data.batch_size,
+        profiler=build_profiler(s, runtime),
         ema=ema,
         run_config=s.flags,
         metadata=data.metadata,

@@ -27,4 +27,3 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0 = off)")
     g.add_argument("--keep_last", type=int, default=3, help="checkpoints to keep")
     g.add_argument("--resume", default="", help="'auto' (newest loadable checkpoint in --output_dir) or a checkpoint path")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)

@@ -6,6 +6,10 @@
   sleeping ones cost nothing measurable.
 - `TF_CPP_MIN_LOG_LEVEL=2`: TensorFlow's C++ start-up chatter off (warnings and errors still show).
 - `TQDM_DISABLE=1`: cell-eval's progress bars (one per perturbation and metric) would bury the training log.
+- `TF_ENABLE_ONEDNN_OPTS=0`: TensorFlow's oneDNN kernels off. TF is only the input pipeline here (decode, crop, resize, pp ops: no
+  oneDNN kernels, and the pp parity tests pass bit-exact either way), and with them on, `import tensorflow` writes 4 lines to stderr
+  ("oneDNN custom operations are on ...", twice, each after absl's "log messages before absl::InitializeLog()" notice) that no log
+  level silences.
 - Warning filters: tf.data hands out read-only NumPy buffers and `torch.from_numpy` warns about each one;
   the batches are never written to (mixup makes new tensors), so the warning says nothing.
 
@@ -16,7 +20,7 @@ torch; `setup_process()` (the CLI and the test configuration call it) applies th
 import os
 import warnings
 
-ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1"}
+ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 def env_defaults() -> dict[str, str]:
