@@ -176,6 +176,8 @@ def _check_combination(s: Settings) -> None:
         raise ValueError(f"{', '.join(image_flags)} apply to image models; --data_set h5ad builds the set model from the data (genes, perturbations, contexts)")
     if s.kd.kd:
         raise ValueError("--kd distils classifier logits; --data_set h5ad trains a set model (no teacher logits)")
+    if s.runtime.channels_last:
+        raise ValueError("--channels_last reorders [b, c, h, w] image batches; --data_set h5ad trains a set model on [b, s, g] cell sets: drop --channels_last")
 
 
 # --smoke: the tiny timm model of each family (name prefix); other models become small_cnn; ours and timm's test_* stay.

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+import optim_factory
 from datasets import Data, EvalSet
 from optim_factory import Schedule
 from tasks.base import Task, reduce_eval
@@ -70,6 +71,12 @@ class Position:
     global_step: int = 0
 
 
+def forward_loss(model: nn.Module, task: Task, runtime: Runtime, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The step's forward and loss under the runtime's autocast: what `--compile` compiles (`Runtime.compile_forward`)."""
+    with runtime.autocast():
+        return task.train_loss(model, batch)
+
+
 def train_step(
     model: nn.Module,
     task: Task,
@@ -79,10 +86,13 @@ def train_step(
     batch: dict[str, torch.Tensor],
     nonfinite_t: torch.Tensor,
     ema: ModelEma | None = None,
+    forward: Callable | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step (and the EMA update, if any: part of the same graph); returns device metrics and the running count of non-finite steps."""
-    with runtime.autocast():
-        loss, extra = task.train_loss(model, batch)
+    """One optimizer step (and the EMA update, if any: part of the same graph); returns device metrics and the running count of non-finite steps.
+
+    `forward(batch)`: `forward_loss` of this model and task, compiled with --compile (the Trainer builds it once); None: `forward_loss` itself.
+    """
+    loss, extra = forward(batch) if forward is not None else forward_loss(model, task, runtime, batch)
     loss.backward()
     runtime.reduce_gradients(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
@@ -193,10 +203,13 @@ class Trainer:
         self.compiles_after_warmup: int | None = None
         self._warm = {"train": False, "eval": False, "save": False}  # graphs each kind of work compiles once
         self.best: dict[str, float] = {}
-        self._train_fn = runtime.compile(lambda batch, nf: train_step(model, task, optimizer, runtime, config.clip_grad, batch, nf, ema=ema), name="train_step")
-        self._eval_fn = runtime.compile(lambda batch: eval_step(model, task, runtime, batch), name="eval_step")
+        forward = runtime.compile_forward(lambda batch: forward_loss(model, task, runtime, batch))
+        self._train_fn = runtime.compile(
+            lambda batch, nf: train_step(model, task, optimizer, runtime, config.clip_grad, batch, nf, ema=ema, forward=forward), name="train_step"
+        )
+        self._eval_fn = runtime.compile(runtime.compile_forward(lambda batch: eval_step(model, task, runtime, batch)), name="eval_step")
         if ema is not None:
-            self._eval_ema_fn = runtime.compile(lambda batch: eval_step(ema.module, task, runtime, batch), name="eval_ema_step")
+            self._eval_ema_fn = runtime.compile(runtime.compile_forward(lambda batch: eval_step(ema.module, task, runtime, batch)), name="eval_ema_step")
 
     # ---- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -233,7 +246,7 @@ class Trainer:
                 )
         ckpt.load_model_state(self.runtime.unwrap(self.model), state["model"], source=source, what="--resume")
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            optim_factory.load_optimizer_state(self.optimizer, state["optimizer"])  # this run's --opt_fused, whatever the checkpoint's
         except (ValueError, KeyError, RuntimeError) as e:
             raise ValueError(
                 f"--resume {source!r}: its optimizer state does not fit this run's optimizer ({e}); was it trained with another --layer_decay or "

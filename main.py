@@ -173,7 +173,7 @@ def build_model(s: Settings, runtime: Runtime, data: datasets.Data) -> torch.nn.
     s.model.init_head(model)
     if s.model.init_checkpoint:
         ckpt.load_model_weights(model, s.model.init_checkpoint, what="--init_checkpoint")
-    model.to(runtime.device)
+    model = runtime.place_model(model, data.image_shape)  # on the device; NHWC weights with --channels_last
     model = runtime.wrap_model(model)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s, %.2fM parameters, %s", s.model.model, n_params / 1e6, ", ".join(f"{k} {v}" for k, v in kwargs.items() if v is not None))

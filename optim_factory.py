@@ -15,10 +15,14 @@ schedule's multiplier and neither the LR nor the layer-decay scale in it. The op
 optimizer's update, which for optimizers whose update does not read the parameters (SGD, Adam,
 Lion, ...) is big_vision's update exactly; trust-ratio optimizers (LAMB, LARS) see the decayed
 parameters, a relative difference of wd x m(t).
+
+`--opt_fused`: torch's fused kernel of the optimizer (`fused=True`: one kernel per parameter group and device for the whole update, as
+timm's `--opt-kwargs fused=True`), for the torch optimizers that have one, on cpu and cuda.
 """
 
 import dataclasses
 import difflib
+import inspect
 import math
 
 import timm.optim
@@ -73,6 +77,34 @@ def check_optimizer_args(opt: str, *, momentum: float | None = None, betas: tupl
         raise ValueError(f"--opt_eps {eps:g} does not apply to --opt {opt}, which takes no eps; drop --opt_eps")
 
 
+def get_fused_optimizers() -> list[str]:
+    """The timm optimizer names that are torch optimizers with a fused kernel (adam, adamw, sgd, momentum, nesterov, adagrad)."""
+    names = []
+    for name in list_optimizers():
+        cls = timm.optim.get_optimizer_info(name).opt_class  # a string for optional packages (apex, bitsandbytes): not torch's
+        if isinstance(cls, type) and cls.__module__.startswith("torch.optim") and "fused" in inspect.signature(cls).parameters:
+            names.append(name)
+    return names
+
+
+# torch's fused kernels by device; Adagrad's is CPU-only.
+FUSED_DEVICES = {"adagrad": ("cpu",)}
+FUSED_DEVICES_DEFAULT = ("cpu", "cuda")
+
+
+def check_fused(opt: str, model: nn.Module | None = None) -> None:
+    """--opt_fused with an optimizer that has no fused kernel, or parameters on a device it does not run on: ValueError naming the fix."""
+    fused = get_fused_optimizers()
+    if opt.lower() not in fused:
+        raise ValueError(f"--opt_fused selects torch's fused kernel, which --opt {opt} does not have ({', '.join(fused)} do); drop --opt_fused")
+    devices = sorted({p.device.type for p in model.parameters()}) if model is not None else []
+    supported = FUSED_DEVICES.get(opt.lower(), FUSED_DEVICES_DEFAULT)
+    bad = [d for d in devices if d not in supported]
+    if bad:
+        where = "on XLA the compiler already fuses the update into the step's graph" if "xla" in bad else f"it runs on {' and '.join(supported)}"
+        raise ValueError(f"--opt_fused: torch's fused {opt} kernel does not run on {', '.join(bad)} parameters ({where}); drop --opt_fused")
+
+
 def make_optimizer(
     model: nn.Module,
     opt: str,
@@ -84,14 +116,19 @@ def make_optimizer(
     eps: float | None = None,
     layer_decay: float | None = None,
     wd_semantics: str = "torch",
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Build `opt` (any timm optimizer name: adamw, sgd, lamb, lion, ...) with the decay rules above.
 
     `momentum`, `betas` and `eps` None: the optimizer's own defaults (timm's momentum 0.9); given, they reach the optimizer or raise (check_optimizer_args).
+    `fused`: torch's fused kernel (`check_fused` says where it cannot apply).
     """
     check_optimizer_args(opt, momentum=momentum, betas=betas, eps=eps)
     settings.check_choice("wd_semantics", wd_semantics, WD_SEMANTICS)
     kwargs = {key: value for key, value in (("momentum", momentum), ("betas", betas and tuple(betas)), ("eps", eps)) if value is not None}
+    if fused:
+        check_fused(opt, model)
+        kwargs["fused"] = True
     optimizer = timm.optim.create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, **kwargs)
     for group in optimizer.param_groups:
         # Remember which groups decay, so the WD schedule never turns decay on for norms/biases.
@@ -110,6 +147,21 @@ def set_group_decay(group: dict, wd_semantics: str, wd: float) -> None:
     """
     decay = wd * group["wd_scale"]
     group["weight_decay"], group["decoupled_wd"] = (decay, 0.0) if wd_semantics == "torch" else (0.0, decay)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)` keeping this run's kernel (--opt_fused): torch takes `fused` and `foreach` from the saved groups, so a
+    checkpoint of an unfused run would silently turn the fused kernel off (and the reverse on)."""
+    kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel, saved in zip(optimizer.param_groups, kernels, state["param_groups"], strict=True):
+        group.update(kernel)
+        if bool(saved.get("fused")) == bool(kernel.get("fused")):
+            continue
+        for p in group["params"]:  # the fused kernels count steps in a float32 tensor on the parameter's device, the others on the host (no sync)
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                optimizer.state[p]["step"] = step.to(p.device, torch.float32) if kernel.get("fused") else step.to("cpu")
 
 
 @torch.no_grad()
@@ -238,6 +290,7 @@ class OptimConfig:
     opt_betas: list[float] | None = settings.setting(None, range=settings.FRACTION)
     opt_eps: float | None = settings.setting(None, range=settings.POSITIVE)
     layer_decay: float | None = settings.setting(None, range=settings.Range(0, 1, low_inclusive=False, high_inclusive=True))
+    opt_fused: bool = False
 
     def __post_init__(self):
         settings.check_fields(self)
@@ -255,6 +308,8 @@ class OptimConfig:
             weight_decay_end=self.weight_decay_end,
         )
         check_optimizer_args(self.opt, momentum=self.momentum, betas=self.opt_betas, eps=self.opt_eps)
+        if self.opt_fused:
+            check_fused(self.opt)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return make_optimizer(
@@ -267,6 +322,7 @@ class OptimConfig:
             eps=self.opt_eps,
             layer_decay=self.layer_decay,
             wd_semantics=self.wd_semantics,
+            fused=self.opt_fused,
         )
 
     def make_schedule(self, steps_per_epoch: int) -> Schedule:

@@ -4,6 +4,6 @@ A new component's flags go into a new module here, listed in `FLAG_GROUPS`; its 
 by the same flags) lives with the component, and `config.Settings` holds it.
 """
 
-from cli import activations, cells, distill, model, observability, optim, runtime, tfds
+from cli import activations, cells, distill, model, observability, optim, runtime, speed, tfds
 
-FLAG_GROUPS = (model, tfds, cells, optim, distill, runtime, observability, activations)
+FLAG_GROUPS = (model, tfds, cells, optim, distill, runtime, speed, observability, activations)

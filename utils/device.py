@@ -2,7 +2,8 @@
 
 Everything specific to torch_xla lives here, behind small methods: `to_device`, `compile`,
 `reduce_gradients`, `mark_step`, `reduce_sum`, `add_step_closure`, `compile_count`. The engine never
-branches on the device type.
+branches on the device type. The torch runtimes' speed options (`--compile`, `--channels_last`, `--tf32`,
+`--pin_memory`) act through `place_model`, `to_device`, `device_loader` and `compile_forward` (`utils.speed`).
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from utils import import_order, settings
+from utils import import_order, settings, speed
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,20 @@ class Runtime:
     precision: str = "fp32"
     parallel: str = "none"
     n_devices: int = 1  # devices the global batch is split over (SPMD: all chips of all hosts)
+    options: speed.SpeedOptions = dataclasses.field(default_factory=speed.SpeedOptions)  # set by make_runtime, checked against `kind` there
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     # ---- model ----------------------------------------------------------------------------
+    def place_model(self, model: torch.nn.Module, image_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+        """The model on the device (before `wrap_model`); with --channels_last its 4-D weights in NHWC order, for (c, h, w) images only."""
+        if self.options.channels_last:
+            speed.check_channels_last_input(image_shape)
+            return model.to(self.device, memory_format=torch.channels_last)
+        return model.to(self.device)
+
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Data-parallel or sharding wrapper (DDP, FSDPv2); the identity when there is none."""
         return model
@@ -82,21 +91,26 @@ class Runtime:
 
     # ---- data -----------------------------------------------------------------------------
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: speed.to_channels_last(v) for k, v in out.items()} if self.options.channels_last else out
 
     def device_loader(self, batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
-        """Host batches -> device batches; on XLA a background thread overlaps the copies with compute."""
-        for batch in batches:
-            yield self.to_device(batch)
+        """Host batches -> device batches; on XLA, and on CUDA with --pin_memory, a background thread overlaps the copies with compute."""
+        if self.options.pin_memory:
+            return speed.cuda_batches(batches, self.device, self.options.channels_last)
+        return (self.to_device(batch) for batch in batches)
 
     # ---- step -----------------------------------------------------------------------------
     def compile(self, fn: Callable, name: str) -> Callable:
         """Wrap a whole step so it runs as one graph (XLA); identity elsewhere."""
         return fn
 
+    def compile_forward(self, fn: Callable) -> Callable:
+        """With --compile (cpu, cuda): torch.compile of a step's forward and loss, whose backward AOTAutograd compiles with it; else `fn`."""
+        return speed.compile_forward(fn) if self.options.compile else fn
+
     def autocast(self):
-        enabled = self.precision == "bf16" and self.kind != "cpu"
-        return torch.autocast(device_type=self.kind, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(device_type=self.kind, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Average gradients over data-parallel processes before clipping (no-op: one process, DDP, or SPMD)."""
@@ -152,7 +166,7 @@ class Runtime:
     def describe(self) -> str:
         return (
             f"{self.kind} ({self.device}), parallel {self.parallel}, process {self.rank} of {self.world_size}, {self.n_devices} device(s) for the global "
-            f"batch, precision {self.precision}"
+            f"batch, precision {self.precision}, speed options: {self.options.describe()}"
         )
 
     def close(self) -> None:
@@ -420,29 +434,54 @@ RUNTIMES: dict[tuple[str, str], Callable[[str, str, str, str | None], Runtime]] 
 }
 
 
-def make_runtime(device: str = "auto", precision: str = "fp32", parallel: str = "none", xla_cache_dir: str | None = None) -> Runtime:
-    """Pick the runtime for this process from `--device`, `--parallel` and `--precision`."""
+def make_runtime(
+    device: str = "auto", precision: str = "fp32", parallel: str = "none", xla_cache_dir: str | None = None, options: speed.SpeedOptions | None = None
+) -> Runtime:
+    """Pick the runtime for this process from `--device`, `--parallel` and `--precision`; `options` that cannot apply there are a ValueError."""
     kind = resolve_device(device)
     settings.check_choice("precision", precision, PRECISIONS)
     parallel = resolve_parallel(parallel, kind)
-    return RUNTIMES["xla" if kind == "xla" else "torch", parallel](kind, precision, parallel, xla_cache_dir)
+    options = options or speed.SpeedOptions()
+    options.check_kind(kind)
+    runtime = RUNTIMES["xla" if kind == "xla" else "torch", parallel](kind, precision, parallel, xla_cache_dir)
+    try:
+        if options.compile:
+            speed.check_compiler(kind)
+        if kind == "cuda":
+            speed.check_cuda_device(runtime.device, precision, options)
+            speed.setup_cuda(options)
+    except ValueError:
+        runtime.close()
+        raise
+    runtime.options = options
+    return runtime
 
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-    """The `runtime` flags: which device, which kind of parallelism, precision and the XLA compile cache."""
+    """The `runtime` flags: which device, which kind of parallelism, precision, the XLA compile cache, and the torch runtimes' speed options."""
 
     device: str = settings.setting("auto", choices=DEVICES)
     parallel: str = settings.setting("auto", choices=PARALLEL)
     fsdp: bool = False  # shorthand for parallel "fsdp"
     xla_cache_dir: str | None = None
     precision: str = settings.setting("fp32", choices=PRECISIONS)
+    compile: bool = False
+    channels_last: bool = False
+    tf32: bool = False
+    pin_memory: bool = False
 
     def __post_init__(self):
         settings.check_fields(self)
         if self.fsdp:
             object.__setattr__(self, "parallel", "fsdp")
+        if self.options != speed.SpeedOptions():
+            self.options.check_kind(resolve_device(self.device))  # at parse time; the GPU's own checks wait for the runtime
+
+    @property
+    def options(self) -> speed.SpeedOptions:
+        return speed.SpeedOptions(compile=self.compile, channels_last=self.channels_last, tf32=self.tf32, pin_memory=self.pin_memory)
 
     def make_runtime(self, parallel: str | None = None) -> Runtime:
         """This process's runtime (`parallel` overrides, as a PJRT worker passes "pjrt")."""
-        return make_runtime(self.device, self.precision, parallel or self.parallel, self.xla_cache_dir)
+        return make_runtime(self.device, self.precision, parallel or self.parallel, self.xla_cache_dir, options=self.options)
