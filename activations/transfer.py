@@ -7,7 +7,7 @@ row order: with batch-sharded inputs (`minibatch=True` over hosts) those are exa
 inside the step (`constrain_rows`), so the partitioner cannot leave them replicated. Elsewhere (one XLA device, PJRT processes, CUDA, CPU) the process's
 outputs are its own rows: one batched copy.
 
-Only call `to_host` on outputs of a step that has been launched (after the compiled step returns): shard data exists once the graph has executed.
+Only call `to_host` on outputs of a step that has been launched (after the compiled step returns); under SPMD it waits for the device to finish its queue.
 """
 
 import torch
@@ -37,6 +37,9 @@ def to_host(runtime: Runtime, tensors: dict[str, torch.Tensor], rows_per_process
         import torch_xla
 
         if _is_spmd(runtime):
+            # Shard data of a step still executing is not readable yet (`_get_local_shards` fails rather than waits, unlike a copy): wait for the
+            # device's queue first. Only the writer thread waits; the loop keeps launching steps.
+            runtime.wait()
             out = _local_rows(torch_xla, values, runtime.rank, rows_per_process)
         else:
             out = torch_xla._XLAC._xla_get_cpu_tensors(values)
@@ -63,7 +66,9 @@ def _local_rows(torch_xla, values: list[torch.Tensor], rank: int, rows: int) -> 
             parts.append((indices[0].start, data))
         parts.sort(key=lambda p: p[0])
         starts = [p[0] for p in parts]
-        assert all(b - a == len(p[1]) for a, b, p in zip(starts, starts[1:], parts[:-1], strict=True)), f"local shards are not contiguous rows: starts {starts}"
+        assert all(b - a == len(p[1]) for a, b, p in zip(starts[:-1], starts[1:], parts[:-1], strict=True)), (
+            f"local shards are not contiguous rows: starts {starts}"
+        )
         out.append(torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1])
     return out
 

@@ -5,6 +5,7 @@ The CPU-eager runs take seconds; the XLA checks share one in-process device (com
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -173,9 +174,18 @@ def test_cell_set_model_tokens_are_cells(tmp_path):
         torch.testing.assert_close(got["blocks.0"].float(), ref.to(torch.bfloat16).float(), rtol=0, atol=0.02)
 
 
+RANDOM = ("--extract_tokens", "random:3", "--extract_dtype", "fp32")
+
+
+@pytest.fixture(scope="module")
+def xla_random_run(digits_dir, vit_ckpt, tmp_path_factory):
+    dpath = tmp_path_factory.mktemp("act") / "xla_random"
+    return dpath, main.main(_args(digits_dir, vit_ckpt, dpath, "--device", "xla", *RANDOM))
+
+
 @pytest.mark.xla
 @pytest.mark.timeout(300)
-def test_xla_one_graph_and_random_tokens_match_cpu(cpu_run, digits_dir, vit_ckpt, tmp_path):
+def test_xla_one_graph_and_random_tokens_match_cpu(cpu_run, xla_random_run, digits_dir, vit_ckpt, tmp_path):
     dpath, _ = cpu_run
     want = _read_all(dpath)
     summary = main.main(_args(digits_dir, vit_ckpt, tmp_path / "xla", "--device", "xla"))
@@ -186,12 +196,83 @@ def test_xla_one_graph_and_random_tokens_match_cpu(cpu_run, digits_dir, vit_ckpt
     for name in LAYERS:
         assert got[name].dtype == torch.bfloat16
         torch.testing.assert_close(got[name].float(), want[name].float(), rtol=0.02, atol=0.02)  # bf16 of XLA's vs eager's fp32
-    main.main(_args(digits_dir, vit_ckpt, tmp_path / "rnd", "--device", "xla", "--extract_tokens", "random:3", "--extract_dtype", "fp32"))
-    meta = json.loads((tmp_path / "rnd" / "meta.json").read_text())
+    rnd_dpath, rnd_summary = xla_random_run
+    assert rnd_summary["activations/compiles"] == rnd_summary["activations/compiles_after_first_step"]
+    meta = json.loads((rnd_dpath / "meta.json").read_text())
     ids = meta["layers"]["blocks.5"]["token_ids"]
     assert len(ids) == 3 and ids == sorted(ids) and meta["layers"]["blocks.5"]["shape"] == [3, 64]
-    rnd = _read_all(tmp_path / "rnd")
+    rnd = _read_all(rnd_dpath)
     assert rnd["blocks.5"].dtype == torch.float32
     torch.testing.assert_close(rnd["blocks.5"].to(torch.bfloat16).float(), want["blocks.5"][:, ids].float(), rtol=0.02, atol=0.02)
-    batches = list(reader.iter_activation_batches(str(tmp_path / "rnd"), "blocks.5", 64, shuffle_rows=256))
+    batches = list(reader.iter_activation_batches(str(rnd_dpath), "blocks.5", 64, shuffle_rows=256))
     assert len(batches) == N_EVAL * 3 // 64 and all(b.shape == (64, 64) and b.dtype == torch.float32 for b in batches)
+
+
+@pytest.mark.slow
+@pytest.mark.xla
+@pytest.mark.timeout(300)
+def test_spmd_four_devices_equal_one_device_from_local_shards(xla_random_run, digits_dir, vit_ckpt, tmp_path):
+    """One SPMD process over 4 virtual CPU devices: each output is read from its 4 local shards (never gathered: torch_xla's ReplicateShardedData stays 0),
+    the rows come back in index order, the values equal the one-device run's, and the extract step compiles once."""
+    one_dpath, _ = xla_random_run
+    dpath = tmp_path / "spmd"
+    cmd = [sys.executable, "main.py", *_args(digits_dir, vit_ckpt, dpath, "--device", "xla", "--parallel", "spmd", *RANDOM)]
+    r = proc.run(cmd, cwd=REPO, env={**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "4"}, timeout=240, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "4 device(s) for the global batch" in r.stdout + r.stderr and "8 per device" in r.stdout + r.stderr
+    final = dict(re.findall(r"activations/(\w+) (\S+)", next(line for line in r.stdout.splitlines() if line.startswith("final:"))))
+    assert final["replicated_transfers"] == "0" and final["compiles"] == final["compiles_after_first_step"] and final["rows"] == str(N_EVAL), final
+    got, want = _read_all(dpath), _read_all(one_dpath)
+    assert got["index"].tolist() == list(range(N_EVAL)) and torch.equal(got["label"], want["label"])
+    for name in LAYERS:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)  # fp32; the sharded program may reduce in another order
+
+
+LOAD_LIKE_SAELENS = """
+import json, sys
+import datasets, torch
+ds = datasets.load_from_disk(sys.argv[1])
+hook, t, d = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+assert ds.features[hook].shape == (t, d), ds.features[hook].shape  # SAELens' check on cached activations
+ds.set_format(type="torch", columns=[hook, "token_ids"])
+x = ds[:7][hook]
+print(json.dumps({"rows": len(ds), "shape": list(x.shape), "dtype": str(x.dtype), "token_ids": ds[0]["token_ids"].tolist(), "first": x[0, 0, :4].tolist()}))
+"""
+
+
+def test_sae_reader_and_saelens_export_load(cpu_run, tmp_path):
+    pytest.importorskip("pyarrow")
+    dpath, _ = cpu_run
+    batches = list(reader.iter_activation_batches(str(dpath), "blocks.0", 128, seed=1, shuffle_rows=512))
+    assert len(batches) == N_EVAL * 5 // 128 and all(b.shape == (128, 64) and b.dtype == torch.float32 for b in batches)
+    again = list(reader.iter_activation_batches(str(dpath), "blocks.0", 128, seed=1, shuffle_rows=512))
+    other = next(reader.iter_activation_batches(str(dpath), "blocks.0", 128, seed=2, shuffle_rows=512))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True)) and not torch.equal(batches[0], other), "seeded shuffle"
+    rows = {tuple(r) for r in _read_all(dpath)["blocks.0"].float().reshape(-1, 64).tolist()}
+    drawn = [tuple(r) for r in torch.cat(batches).tolist()]
+    assert len(set(drawn)) == len(drawn) and set(drawn) <= rows, "each token row at most once, and only rows of the shards"
+    with pytest.raises(ValueError, match="layer 'blocks.9' is not in"):
+        next(reader.iter_activation_batches(str(dpath), "blocks.9", 8))
+    from activations import export
+
+    out = export.export_hf_dataset(str(dpath), str(tmp_path / "hf"), layers=["blocks.0"])
+    assert out["rows"] == N_EVAL and out["features"]["blocks.0"] == {"shape": [5, 64], "dtype": "float32", "_type": "Array2D"}
+    if not _has_hf_datasets():
+        pytest.skip("Hugging Face datasets is not installed")
+    # Outside the repository: here `import datasets` is the project's own datasets.py.
+    r = proc.run(
+        [sys.executable, "-c", LOAD_LIKE_SAELENS, str(tmp_path / "hf"), "blocks.0", "5", "64"], cwd=tmp_path, timeout=120, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert loaded["rows"] == N_EVAL and loaded["shape"] == [7, 5, 64] and loaded["dtype"] == "torch.float32" and loaded["token_ids"] == [0, 1, 2, 3, 4]
+    assert loaded["first"] == pytest.approx(_read_all(dpath)["blocks.0"][0, 0, :4].float().tolist())
+
+
+def _has_hf_datasets() -> bool:
+    import importlib.metadata
+
+    try:
+        return bool(importlib.metadata.version("datasets"))  # the installed distribution, not the project's datasets.py
+    except importlib.metadata.PackageNotFoundError:
+        return False
