@@ -68,12 +68,15 @@ def sigmoid_xent(logits_bc: torch.Tensor, target: torch.Tensor, label_smoothing:
 def classification_sums(logits_bc: torch.Tensor, target: torch.Tensor, mask_b: torch.Tensor, loss: str = "softmax_xent") -> dict[str, torch.Tensor]:
     """Masked sums for one batch: padding rows count nowhere, so the last padded batch is exact.
 
-    `target`: int labels [b], or float labels [b, c] (one-hot or multi-hot): a top-k class is a hit when its label is > 0.
+    `target`: int labels [b], or float labels [b, c] (one-hot or multi-hot): a top-k class is a hit when its label is > 0, and rows
+    without any label are left out, as big_vision's classification evaluator does.
     """
     k = min(5, logits_bc.shape[1])
     top_bk = logits_bc.topk(k, dim=1).indices
     hit_bk = (top_bk == target[:, None]) if target.ndim == 1 else (target.gather(1, top_bk) > 0)
     maskf_b = mask_b.float()
+    if target.ndim == 2:
+        maskf_b = maskf_b * (target.amax(dim=1) > 0).float()  # as big_vision's evaluator: an example without labels (ReaL has some) is not counted
     loss_b = (
         F.cross_entropy(logits_bc, target if target.ndim == 1 else target.float(), reduction="none")
         if loss == "softmax_xent"

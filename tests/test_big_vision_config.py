@@ -143,10 +143,12 @@ def test_sigmoid_xent_is_big_visions_sum_over_classes() -> None:
     y = np.eye(3)[labels.numpy()]
     expected = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(1)
     np.testing.assert_allclose(sigmoid_xent(logits, labels).numpy(), expected, rtol=1e-6)
-    # Multi-hot labels (ImageNet ReaL): a top-1 hit is any labelled class; a row without labels is never a hit.
-    multi = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
-    sums = classification_sums(torch.tensor([[0.1, 0.2, 0.9], [0.0, 1.0, 0.5]]), multi, torch.tensor([True, True]), "sigmoid_xent")
-    assert (sums["correct1"].item(), sums["correct5"].item(), sums["count"].item()) == (1.0, 1.0, 2.0)
+    # Multi-hot labels (ImageNet ReaL): a top-1 hit is any labelled class; a row without labels is left out (big_vision's evaluator), as is padding.
+    multi = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    logits = torch.tensor([[0.1, 0.2, 0.9], [0.0, 1.0, 0.5], [0.0, 1.0, 0.5], [0.0, 1.0, 0.5]])
+    sums = classification_sums(logits, multi, torch.tensor([True, True, True, False]), "sigmoid_xent")
+    assert (sums["correct1"].item(), sums["count"].item()) == (1.0, 2.0)
+    assert sums["loss_sum"].item() == pytest.approx((sigmoid_xent(logits[[0]], multi[[0]]) + sigmoid_xent(logits[[2]], multi[[2]])).item(), rel=1e-6)
 
 
 def test_linear_schedule_and_warmup_steps_match_big_visions_formula() -> None:
