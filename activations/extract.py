@@ -10,6 +10,7 @@ import itertools
 import logging
 import platform
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -130,8 +131,10 @@ def setup(model: nn.Module, task, runtime: Runtime, source: Source, config: Acti
     return capture, source, manifest, quota, meta
 
 
-def run(model: nn.Module, task, runtime: Runtime, prepared, config: ActivationsConfig, dpath: str) -> dict:
-    """The pass itself; returns this process's figures (rows, shards, bytes, examples/s, compile and transfer counts)."""
+def run(model: nn.Module, task, runtime: Runtime, prepared, config: ActivationsConfig, dpath: str, to_host: Callable | None = None) -> dict:
+    """The pass itself; returns this process's figures (rows, shards, bytes, examples/s, compile and transfer counts).
+
+    `to_host`: another device -> host copy of a step's outputs (tools/bench_activations.py measures a plain `.cpu()` under SPMD with it)."""
     capture, source, manifest, quota, meta = prepared
     plain = runtime.unwrap(model)
     start = get_start_batch(dpath, runtime, manifest)
@@ -144,7 +147,7 @@ def run(model: nn.Module, task, runtime: Runtime, prepared, config: ActivationsC
         names=names,
         rows_per_shard=config.extract_rows_per_shard,
         max_queue=config.extract_queue,
-        to_host=lambda outputs: transfer.to_host(runtime, outputs, rows_per_process),
+        to_host=to_host or (lambda outputs: transfer.to_host(runtime, outputs, rows_per_process)),
         metadata=files.get_shard_metadata(runtime.rank, source.split, meta["tokens"], config.layers),
         quota=quota,
     )
