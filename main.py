@@ -299,10 +299,10 @@ def build_trainer(s: Settings, runtime: Runtime) -> engine.Trainer:
         trainer.load_state_dict(state, source=fpath)
         log.info("resumed from %s at epoch %d, step %d", fpath, trainer.position.epoch, trainer.position.global_step)
     if s.activations.enabled:
-        from activations.capture import resolve_layers
+        from activations.capture import check_layers
         from activations.source import make_source
 
-        resolve_layers(runtime.unwrap(model), s.activations.layers)
+        check_layers(runtime.unwrap(model), s.activations.layers, s.activations.get_tokens())
         make_source(data, s.activations.extract_split, runtime.rank, runtime.world_size, s.data.seed)
     return trainer
 

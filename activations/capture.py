@@ -37,6 +37,13 @@ def resolve_layers(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     )
 
 
+def check_layers(model: nn.Module, names: list[str], tokens: TokenSelection) -> None:
+    """The start-up checks that need no forward: the names exist, and `cls` has a class token to take."""
+    resolve_layers(model, names)
+    if tokens.kind == "cls" and int(getattr(model, "num_prefix_tokens", 0) or 0) < 1:
+        raise ValueError("--extract_tokens cls: the model has no class token (num_prefix_tokens 0); use mean, all, first:K or random:K")
+
+
 def as_tokens(name: str, out) -> torch.Tensor:
     """A layer output as `[b, n, d]`: the first element of a tuple, NCHW maps as h*w tokens, a pooled `[b, d]` as one token."""
     x = out[0] if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor) else out
@@ -71,9 +78,9 @@ class ActivationCapture:
     """Hooks on `names` of `model` (a context manager); `pop()` returns {name: selected tensor} of the last forward and clears it."""
 
     def __init__(self, model: nn.Module, names: list[str], tokens: TokenSelection, dtype: str, seed: int = 0):
+        check_layers(model, names, tokens)
         self.modules = resolve_layers(model, names)
         self.tokens, self.dtype, self.seed = tokens, TORCH_DTYPES[dtype], seed
-        self.n_prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         self.raw_shapes: dict[str, tuple[int, ...]] = {}  # per-row [n, d] of each layer, from `probe`
         self.acts: dict[str, torch.Tensor] = {}
         self._index: dict[str, torch.Tensor] = {}  # random:K positions, on the device
@@ -133,8 +140,6 @@ class ActivationCapture:
         missing = [n for n in self.modules if n not in self.raw_shapes]
         if missing:
             raise ValueError(f"--extract_layers {', '.join(missing)}: the module does not run in the model's eval forward; pick a module that does")
-        if self.tokens.kind == "cls" and self.n_prefix < 1:
-            raise ValueError("--extract_tokens cls: the model has no class token (num_prefix_tokens 0); use mean, all, first:K or random:K")
 
     def setup_indices(self, device: torch.device) -> dict[str, torch.Tensor]:
         """The kept positions of every layer (host copies); random:K index tensors are placed on `device` once, outside the step."""
