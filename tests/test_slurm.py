@@ -79,6 +79,17 @@ def test_sweep_points_expand_in_file_order_with_their_own_dirs_and_flags_main_py
     assert runs[0].settings.optim.opt_betas == [0.9, 0.95]
     assert [r.settings.train.output_dir for r in runs] == [str(tmp_path / "root" / p.name) for p in points]
     assert all(r.argv[-2:] == ("--resume", "auto") and r.argv.count("--output_dir") == 1 for r in runs)
+    named = sweep.expand({"grid": {"lr": [0.0003, 0.001]}, "name": "lr{lr:.0e}"})
+    assert [p.name for p in named] == ["lr3e-04", "lr1e-03"], "format specs apply to numbers"
+    off = sweep.expand({"grid": {"fsdp": [False]}})
+    with pytest.raises(sweep.SweepError, match="grid key 'fsdp' is False but the run would have True; drop --fsdp after --"):
+        sweep.make_runs(["--device", "xla", "--fsdp"], off, str(tmp_path / "off"))
+
+
+def test_a_preempt_signal_that_scancel_also_sends_is_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(submitit.JobEnvironment, "USR_SIG", "TERM")  # what submitit reads from SUBMITIT_PREEMPT_SIGNAL=TERM when it is imported
+    assert slurm.main(["--partition", "p", "--hours", "1", "--dry-run", "--", "--output_dir", str(tmp_path / "r")]) == 2
+    assert "error: SUBMITIT_PREEMPT_SIGNAL=TERM: scancel and Ctrl-C send it too" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -91,12 +102,19 @@ def test_sweep_points_expand_in_file_order_with_their_own_dirs_and_flags_main_py
         ("grid:\n  lr: 0.001\n", "grid key 'lr' in"),
         ("grids:\n  lr: [0.1]\n", "needs a `grid:` mapping"),
         ("grid:\n  lr: [0.1]\nname: 'x{wd}'\n", "name 'x{wd}' uses {wd}, which is not a grid key; the keys are lr"),
+        ("grid:\n  lr: [0.1]\nname: 'x{lr'\n", "name 'x{lr' is not a format string"),
+        ("grid:\n  model: [small_cnn, no_such_net]\n", "error: run 'modelno_such_net': "),
+        ("grid:\n  model_ema: [1]\n", "grid key 'model_ema' has value 1; --model_ema is on/off: use true or false"),
+        ("grid:\n  epochs: [[1, 2]]\n", "grid key 'epochs' has value [1, 2], a list, but --epochs takes one value"),
     ],
 )
 def test_a_bad_sweep_stops_before_submission_with_one_line_naming_the_point(tmp_path, capsys, text, message):
     root = tmp_path / "runs"
     grid = _write(tmp_path, "sweep.yaml", text)
-    rc = slurm.main(["--cluster", "local", "--gpus_per_node", "0", "--hours", "1", "--sweep", grid, "--", "--device", "cpu", "--output_dir", str(root)])
+    # --dry-run: the same checks as a submission, and a check that let a bad point through could never start a job here.
+    rc = slurm.main(
+        ["--partition", "p", "--gpus_per_node", "0", "--hours", "1", "--sweep", grid, "--dry-run", "--", "--device", "cpu", "--output_dir", str(root)]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1, err
@@ -116,18 +134,22 @@ def test_a_bad_sweep_stops_before_submission_with_one_line_naming_the_point(tmp_
         (["--gpus_per_node", "2"], ["--parallel", "none"], "--parallel none with 2 tasks would train 2 separate copies"),
         (["--gpus_per_node", "2"], ["--epochs", "0"], "main.py flags: --epochs"),
         (["--gpus_per_node", "1", "--signal_delay_s", "3600"], [], "--signal_delay_s 3600 is not shorter than --hours 1"),
+        (["--hours", "nan"], [], "--hours nan must be a positive number"),
+        (["--mem_gb", "0"], [], "--mem_gb 0.0 must be a positive number"),
+        (["--slurm", "time=5"], [], "--slurm time=...: the launcher sets it from its own flags (--hours)"),
+        (["--slurm=--ntasks-per-node=3"], [], "--slurm ntasks-per-node=...: the launcher sets it from its own flags (--gpus_per_node/--tasks_per_node)"),
     ],
 )
 def test_launch_errors_are_one_line_before_anything_is_submitted(tmp_path, capsys, launcher, flags, message):
     root = tmp_path / "r"
-    rc = slurm.main(["--partition", "p", "--hours", "1", *launcher, "--", *flags, "--output_dir", str(root)])
+    rc = slurm.main(["--partition", "p", "--hours", "1", "--dry-run", *launcher, "--", *flags, "--output_dir", str(root)])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not root.exists()
 
 
 def test_slurm_needs_a_partition(tmp_path, capsys):
-    assert slurm.main(["--hours", "1", "--", "--output_dir", str(tmp_path / "r")]) == 2
+    assert slurm.main(["--hours", "1", "--dry-run", "--", "--output_dir", str(tmp_path / "r")]) == 2
     assert "error: --partition is required with --cluster slurm" in capsys.readouterr().err
 
 

@@ -18,6 +18,7 @@ requeue. `--cluster local` runs the same jobs on this machine with submitit's lo
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -37,12 +38,22 @@ USAGE = (
 )
 
 
+# sbatch options the launcher writes itself -> the flags that set them (`--slurm KEY=VALUE` may not override them)
+LAUNCHER_SBATCH_KEYS = {
+    "partition": "--partition", "account": "--account", "nodes": "--nodes", "ntasks_per_node": "--gpus_per_node/--tasks_per_node",
+    "gpus_per_node": "--gpus_per_node", "time": "--hours", "cpus_per_task": "--cpus_per_task", "mem": "--mem_gb", "constraint": "--constraint",
+    "qos": "--qos", "signal": "--signal_delay_s", "job_name": "--job_name", "array": "--sweep, --array_parallelism", "output": "--output_dir",
+    "error": "--output_dir", "open_mode": "submitit (append: a requeued job's log continues)",
+}  # fmt: skip
+
+
 class LaunchError(ValueError):
     """A launch that must not be submitted: the message names the value and the fix."""
 
 
 def parse_key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
+    key = key.lstrip("-")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (an sbatch option without the dashes), got {item!r}")
     return key, value
@@ -93,9 +104,13 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def check_launcher_args(a: argparse.Namespace) -> None:
-    for flag in ("nodes", "hours", "cpus_per_task", "signal_delay_s", "array_parallelism"):
-        if getattr(a, flag) <= 0:
-            raise LaunchError(f"--{flag} {getattr(a, flag)} must be positive")
+    for flag in ("nodes", "hours", "cpus_per_task", "signal_delay_s", "array_parallelism", "mem_gb"):
+        value = getattr(a, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise LaunchError(f"--{flag} {value} must be a positive number")
+    owned = [k for k, _ in a.slurm if k.lstrip("-").replace("-", "_") in LAUNCHER_SBATCH_KEYS]
+    if owned:
+        raise LaunchError(f"--slurm {owned[0]}=...: the launcher sets it from its own flags ({LAUNCHER_SBATCH_KEYS[owned[0].lstrip('-').replace('-', '_')]})")
     for flag in ("gpus_per_node", "max_num_timeout"):
         if getattr(a, flag) < 0:
             raise LaunchError(f"--{flag} {getattr(a, flag)} must be 0 or more")
@@ -130,6 +145,10 @@ def check_run(run: sweep.Run, world: int, gpus_per_node: int) -> None:
     for flag, value in (("--batch_size", s.data.batch_size), ("--eval_batch_size", s.data.eval_batch_size)):
         if value % world:
             raise LaunchError(f"{where}: {flag} {value} does not divide over {world} tasks; pick a multiple of {world}, e.g. {(value // world + 1) * world}")
+    try:
+        s.model.check_flags(s.data.kind, s.data.data_set)  # main.py's own start-up check: the model exists and takes the model flags (meta device)
+    except ValueError as e:
+        raise LaunchError(f"{where}: {e}") from None
 
 
 def get_root_dpath(main_argv: list[str]) -> str:
@@ -164,6 +183,7 @@ def make_launch(argv: list[str]) -> tuple[argparse.Namespace, Launch]:
     own, main_argv = split_argv(argv)
     a = make_parser().parse_args(own)
     check_launcher_args(a)
+    slurm_job.get_requeue_signal()  # SUBMITIT_PREEMPT_SIGNAL, if set, must name a signal the job can stop on
     root = get_root_dpath(main_argv)
     points = sweep.expand(sweep.load_sweep(a.sweep)) if a.sweep else None
     runs = sweep.make_runs(main_argv, points, root)

@@ -34,7 +34,20 @@ from utils.logging import setup_logging
 
 log = logging.getLogger("train")
 
-REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default preemption/time-limit signal (SUBMITIT_PREEMPT_SIGNAL changes both sides)
+
+def get_requeue_signal() -> signal.Signals:
+    """The signal submitit puts in `#SBATCH --signal` and handles (USR2 unless SUBMITIT_PREEMPT_SIGNAL names another); never TERM or INT, which stop."""
+    name = submitit.JobEnvironment.USR_SIG  # read by submitit from SUBMITIT_PREEMPT_SIGNAL when it is imported
+    signum = getattr(signal, f"SIG{name}", None)
+    if signum is None or signum in preemption.SIGNALS:
+        raise ValueError(
+            f"SUBMITIT_PREEMPT_SIGNAL={name}: "
+            + ("not a signal name" if signum is None else "scancel and Ctrl-C send it too, so a time limit could not be told from a cancel")
+            + "; unset it (USR2) or name another user signal"
+        )
+    return signal.Signals(signum)
+
+
 PORT_RANGE = (20000, 60000)
 DIST_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -101,7 +114,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         job_env = submitit.JobEnvironment()
-        requeue = signal.getsignal(REQUEUE_SIGNAL)  # submitit's handler: checkpoint() -> requeue -> exit; only global rank 0 acts
+        requeue_signal = get_requeue_signal()
+        requeue = signal.getsignal(requeue_signal)  # submitit's handler: checkpoint() -> requeue -> exit; only global rank 0 acts
         run_dpath = get_option(self.argv, "--output_dir")
         assert run_dpath and get_option(self.argv, "--resume") == "auto", f"a TrainJob needs --output_dir and --resume auto: {self.argv}"
         attempt = get_attempt_key(run_dpath)
@@ -109,7 +123,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         os.environ.update(dist_env)
         process.setup_process()
         preemption.set_exit_at_once(True)  # as `python main.py`: a second signal while stopping, or one after training, exits at once
-        preemption.set_stop_signals((REQUEUE_SIGNAL,))
+        preemption.set_stop_signals((requeue_signal,))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # before training: end at once, as `python main.py` does (submitit would only log it)
         setup_logging(job_env.global_rank == 0)
         logging.getLogger("submitit").propagate = False  # it has its own handlers: without this every submitit line shows twice
@@ -118,10 +132,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         code = main.cli(self.argv)
         if code == 0:
             return {"exit_code": 0, "output_dir": run_dpath}
-        if code == preemption.get_exit_code(REQUEUE_SIGNAL) and callable(requeue):
-            log.warning("slurm: checkpoint written after %s; submitit requeues the job (from global rank 0)", REQUEUE_SIGNAL.name)
+        if code == preemption.get_exit_code(requeue_signal) and callable(requeue):
+            log.warning("slurm: checkpoint written after %s; submitit requeues the job (from global rank 0)", requeue_signal.name)
             try:
-                requeue(REQUEUE_SIGNAL, None)  # rank 0 exits in here (SystemExit); others return. UncompletedJobError (too many timeouts) propagates
+                requeue(requeue_signal, None)  # rank 0 exits in here (SystemExit); others return. UncompletedJobError (too many timeouts) propagates
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
         # No result pickle for a stop or a failure: the task's exit code is main.py's (143 scancel, 140 requeued, 2 bad input, ...), the reason is in its log.

@@ -112,11 +112,17 @@ def get_point_name(template: str | None, values: dict) -> str:
     if template is None:
         name = "_".join(f"{k}{show(v)}" for k, v in values.items())
     else:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as e:
+            raise SweepError(f"name {template!r} is not a format string ({e}); write grid keys in braces, e.g. 'lr{{lr}}'") from None
         unknown = [f for f in fields if f not in values]
         if unknown:
             raise SweepError(f"name {template!r} uses {{{unknown[0]}}}, which is not a grid key; the keys are {', '.join(values)}")
-        name = template.format(**{k: show(v) for k, v in values.items()})
+        try:  # numbers stay numbers, so '{lr:.0e}' works; lists and mappings become text
+            name = template.format(**{k: v if isinstance(v, int | float | str) else show(v) for k, v in values.items()})
+        except (ValueError, TypeError) as e:
+            raise SweepError(f"name {template!r} does not fit the values {values} ({e})") from None
     name = _NAME_UNSAFE_RE.sub("-", name).strip("-.")
     if not name:
         raise SweepError(f"name {template!r} gives an empty run name")
@@ -178,10 +184,15 @@ def make_runs(base_argv: list[str], points: list[Point] | None, root_dpath: str)
         name = point.name if point else os.path.basename(root_dpath.rstrip("/")) or "run"
         run_dpath = os.path.join(root_dpath, point.name) if point else root_dpath
         argv = [*base_argv, *(point.flags if point else ()), "--output_dir", run_dpath, "--resume", "auto"]
+        where = f"sweep point {name!r} ({' '.join(point.flags)})" if point else "main.py flags"
         try:
             settings = parse_point(argv)
         except ValueError as e:
-            where = f"sweep point {name!r} ({' '.join(point.flags)})" if point else "main.py flags"
             raise SweepError(f"{where}: {e}") from None
+        lost = [k for k, v in (point.values.items() if point else ()) if isinstance(v, bool) and settings.flags.get(k) != v]
+        if lost:  # an on-only flag (store_true) set to false cannot switch off what the flags before it switched on
+            raise SweepError(
+                f"{where}: grid key {lost[0]!r} is {point.values[lost[0]]} but the run would have {settings.flags.get(lost[0])}; drop --{lost[0]} after --"
+            )
         runs.append(Run(name=name, run_dpath=run_dpath, argv=tuple(argv), settings=settings))
     return runs
