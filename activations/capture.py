@@ -37,11 +37,12 @@ def resolve_layers(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     )
 
 
-def check_layers(model: nn.Module, names: list[str], tokens: TokenSelection) -> None:
-    """The start-up checks that need no forward: the names exist, and `cls` has a class token to take."""
-    resolve_layers(model, names)
+def check_layers(model: nn.Module, names: list[str], tokens: TokenSelection) -> dict[str, nn.Module]:
+    """The start-up checks that need no forward (the names exist, `cls` has a class token to take); returns the modules by name."""
+    modules = resolve_layers(model, names)
     if tokens.kind == "cls" and int(getattr(model, "num_prefix_tokens", 0) or 0) < 1:
         raise ValueError("--extract_tokens cls: the model has no class token (num_prefix_tokens 0); use mean, all, first:K or random:K")
+    return modules
 
 
 def as_tokens(name: str, out) -> torch.Tensor:
@@ -78,8 +79,7 @@ class ActivationCapture:
     """Hooks on `names` of `model` (a context manager); `pop()` returns {name: selected tensor} of the last forward and clears it."""
 
     def __init__(self, model: nn.Module, names: list[str], tokens: TokenSelection, dtype: str, seed: int = 0):
-        check_layers(model, names, tokens)
-        self.modules = resolve_layers(model, names)
+        self.modules = check_layers(model, names, tokens)
         self.tokens, self.dtype, self.seed = tokens, TORCH_DTYPES[dtype], seed
         self.raw_shapes: dict[str, tuple[int, ...]] = {}  # per-row [n, d] of each layer, from `probe`
         self.acts: dict[str, torch.Tensor] = {}

@@ -127,15 +127,13 @@ class ShardWriter:
                     return
 
     def _handle(self, k: int, outputs: dict[str, torch.Tensor]) -> None:
-        if self.manifest.complete:
-            return
+        if self.manifest.complete or k < self._skip[0]:
+            return  # in the shards already (a finished process, or a multi-host resume that restarts before this process's resume point)
         t0 = time.perf_counter()
         host = self.to_host(outputs)
         del outputs  # the device buffers of this step can go
         t1 = time.perf_counter()
         self.stats.host_s += t1 - t0
-        if k < self._skip[0]:
-            return  # in the shards already (a resumed run that restarts before this process's resume point)
         kept = torch.nonzero(host["_mask"].bool()).flatten()
         first = 0
         if k == self._skip[0] and self._skip[1]:
