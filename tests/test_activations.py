@@ -276,3 +276,22 @@ def _has_hf_datasets() -> bool:
         return bool(importlib.metadata.version("datasets"))  # the installed distribution, not the project's datasets.py
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+def test_writer_thread_failure_reaches_the_loop_and_keeps_the_listed_shards(tmp_path):
+    """A copy that fails in the writer thread is raised in the loop (at a later submit or at close), and the manifest lists only the durable shards."""
+    from activations.writer import ShardWriter
+
+    def to_host(outputs):
+        if int(outputs["_index"][0]) >= 8:
+            raise OSError("device went away")
+        return outputs
+
+    manifest = files.prepare_process_dir(str(tmp_path), 0)
+    writer = ShardWriter(str(tmp_path), manifest, names={"act/x": "x", "_index": "index"}, rows_per_shard=4, max_queue=1, to_host=to_host, metadata={})
+    with pytest.raises(OSError, match="device went away"):
+        for k in range(50):
+            writer.submit(k, {"act/x": torch.full((4, 2), float(k)), "_index": torch.arange(4) + 4 * k, "_mask": torch.ones(4, dtype=torch.bool)})
+        writer.close(50)
+    on_disk = files.read_manifest(str(tmp_path), 0)
+    assert not on_disk.complete and [s["rows"] for s in on_disk.shards] == [4, 4] and (on_disk.next_batch, on_disk.next_row) == (2, 0)
