@@ -213,6 +213,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_timm", action="store_true", help="only our variants (for sweeps)")
     parser.add_argument("--work_dir", default=None, help="where the JPEGs and the TFDS dataset go (default: a temp dir, deleted afterwards)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--big_vision_dir",
+        default=None,
+        help="a google-research/big_vision checkout: also time its own input_pipeline.training on the same data, in a fresh process each round "
+        "(its requirements jax, flax, einops, overrides must be importable)",
+    )
+    parser.add_argument("--big_vision_extra_path", default=None, help="a directory with big_vision's requirements (pip install --target DIR ...)")
     return parser
 
 
@@ -253,6 +260,23 @@ def prepare_data(folder_dpath: str, data_dpath: str, n_images: int, seed: int) -
     return files, builder
 
 
+def measure_big_vision(args: argparse.Namespace, builder: tfds.core.DatasetBuilder) -> Measurement:
+    """big_vision's own pipeline on the same TFDS data and pp string, in a fresh interpreter (tools/bench_big_vision_worker.py)."""
+    import json
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_big_vision_worker.py")
+    cmd = [sys.executable, worker, "--big_vision_dir", args.big_vision_dir, "--data_dir", os.path.dirname(os.path.dirname(builder.data_dir))]
+    cmd += ["--name", builder.info.name, "--pp", PP_TRAIN, "--batch_size", str(args.batch_size), "--n_batches", str(args.n_batches)]
+    cmd += ["--warmup_batches", str(args.warmup_batches)] + (["--extra_path", args.big_vision_extra_path] if args.big_vision_extra_path else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise SystemExit((r.stderr.strip().splitlines() or ["big_vision's pipeline failed"])[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return Measurement(out["images_per_s"], out["cpu_ms_per_image"], out["n_images"])
+
+
 def measure_rounds(
     args: argparse.Namespace, builder: tfds.core.DatasetBuilder, folder_dpath: str, variants: list[str], timm_workers: list[int]
 ) -> dict[str, list[Measurement]]:
@@ -263,6 +287,10 @@ def measure_rounds(
             m = measure(make_ours(builder, args.batch_size, variant), args.n_batches, args.warmup_batches)
             log.info("round %d  ours %-14s %7.1f images/s  %.2f CPU ms/image", r, variant, m.images_per_s, m.cpu_ms_per_image)
             results.setdefault(f"ours {variant}", []).append(m)
+        if args.big_vision_dir:
+            m = measure_big_vision(args, builder)
+            log.info("round %d  big_vision training   %7.1f images/s  %.2f CPU ms/image", r, m.images_per_s, m.cpu_ms_per_image)
+            results.setdefault("big_vision input_pipeline.training", []).append(m)
         for workers in timm_workers:
             m = measure(make_timm(folder_dpath, args.batch_size, workers), args.n_batches, args.warmup_batches)
             log.info("round %d  timm workers=%d   %7.1f images/s  %.2f CPU ms/image", r, workers, m.images_per_s, m.cpu_ms_per_image)
@@ -286,12 +314,18 @@ def print_report(args: argparse.Namespace, n_files: int, best: dict[str, Measure
     if timm_names:
         timm_name = max(timm_names, key=lambda k: best[k].images_per_s)
         timm = best[timm_name]
-        for name in (k for k in best if k.startswith("ours")):
+        for name in (k for k in best if k.startswith("ours") or k.startswith("big_vision")):
             m = best[name]
             print(
                 f"{name}: {m.images_per_s:.1f} images/s vs {timm_name}: {timm.images_per_s:.1f} images/s: ratio {m.images_per_s / timm.images_per_s:.2f}x "
                 f"(CPU per image {timm.cpu_ms_per_image / m.cpu_ms_per_image:.2f}x less)"
             )
+    if "big_vision input_pipeline.training" in best:
+        bv = best["big_vision input_pipeline.training"]
+        print(
+            f"{ours_name} vs big_vision's input_pipeline.training: {ours.images_per_s / bv.images_per_s:.2f}x images/s, "
+            f"{bv.cpu_ms_per_image / ours.cpu_ms_per_image:.2f}x less CPU per image"
+        )
     limit, decode_1thread = ceiling["decode_and_crop_jpeg, tf.data all cores"], ceiling["decode_and_crop_jpeg, 1 thread"]
     print(
         f"{ours_name} runs at {100 * ours.images_per_s / limit.images_per_s:.0f}% of the measured decode_and_crop_jpeg ceiling "
