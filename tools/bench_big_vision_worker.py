@@ -1,7 +1,7 @@
 """Time google-research/big_vision's own train input pipeline (`big_vision.input_pipeline.training`) on a prepared TFDS dataset.
 
-Run by `tools/bench_input_pipeline.py --big_vision_dir DIR` as a separate process, by path (not `-m`), so that `import big_vision` finds the
-user's checkout in DIR and not this project's package of the same name; nothing of this project is imported here. The checkout's
+Run by `tools/bench_input_pipeline.py --big_vision_dir DIR` as a separate process, by path (not `-m`) with DIR first on PYTHONPATH, so that
+`import big_vision` finds the user's checkout and not this project's package of the same name; nothing of this project is imported here. The checkout's
 requirements (jax, flax, einops, overrides, ml_collections, tensorflow, tensorflow_datasets) must be importable. Prints one JSON line:
 images/s and CPU ms per image over the timed batches.
 """
@@ -24,13 +24,13 @@ def main() -> None:
     p.add_argument("--n_batches", type=int, default=60, help="timed batches")
     p.add_argument("--warmup_batches", type=int, default=5, help="untimed batches first")
     p.add_argument("--shuffle_buffer_size", type=int, default=1000, help="input.shuffle_buffer_size")
-    p.add_argument("--extra_path", default=None, help="a directory of the checkout's requirements, searched after the interpreter's own packages")
     args = p.parse_args()
+    import big_vision
+
+    if os.path.dirname(os.path.dirname(os.path.abspath(big_vision.__file__))) != os.path.abspath(args.big_vision_dir):
+        sys.exit(f"error: big_vision is imported from {big_vision.__file__}, not from --big_vision_dir; put {args.big_vision_dir} first on PYTHONPATH")
     if not os.path.isfile(os.path.join(args.big_vision_dir, "big_vision", "input_pipeline.py")):
         sys.exit(f"error: --big_vision_dir {args.big_vision_dir!r} holds no big_vision/input_pipeline.py; pass the root of a big_vision checkout")
-    sys.path.insert(0, os.path.abspath(args.big_vision_dir))
-    if args.extra_path:
-        sys.path.append(os.path.abspath(args.extra_path))
     try:
         import ml_collections
 

@@ -219,7 +219,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a google-research/big_vision checkout: also time its own input_pipeline.training on the same data, in a fresh process each round "
         "(its requirements jax, flax, einops, overrides must be importable)",
     )
-    parser.add_argument("--big_vision_extra_path", default=None, help="a directory with big_vision's requirements (pip install --target DIR ...)")
+    parser.add_argument(
+        "--big_vision_extra_path", default=None, help="a directory with big_vision's requirements (pip install --target DIR jax flax einops overrides)"
+    )
     return parser
 
 
@@ -269,8 +271,10 @@ def measure_big_vision(args: argparse.Namespace, builder: tfds.core.DatasetBuild
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_big_vision_worker.py")
     cmd = [sys.executable, worker, "--big_vision_dir", args.big_vision_dir, "--data_dir", os.path.dirname(os.path.dirname(builder.data_dir))]
     cmd += ["--name", builder.info.name, "--pp", PP_TRAIN, "--batch_size", str(args.batch_size), "--n_batches", str(args.n_batches)]
-    cmd += ["--warmup_batches", str(args.warmup_batches)] + (["--extra_path", args.big_vision_extra_path] if args.big_vision_extra_path else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    cmd += ["--warmup_batches", str(args.warmup_batches)]
+    paths = [os.path.abspath(args.big_vision_dir)] + ([os.path.abspath(args.big_vision_extra_path)] if args.big_vision_extra_path else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=tempfile.gettempdir())
     if r.returncode != 0:
         raise SystemExit((r.stderr.strip().splitlines() or ["big_vision's pipeline failed"])[-1])
     out = json.loads(r.stdout.strip().splitlines()[-1])
