@@ -16,7 +16,7 @@ train: $(VENV)/.installed
 	$(PY) main.py --resume auto $(ARGS)
 
 test: $(VENV)/.installed
-	PJRT_DEVICE=CPU $(PY) -m pytest -q
+	PJRT_DEVICE=CPU $(PY) -m pytest -q -n 2
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
