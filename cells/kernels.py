@@ -32,8 +32,9 @@ def densify_rows(
     `data_m[data_addr_q[q]:]` with their columns at `indices_m[indices_addr_q[q]:]`.
 
     target_sum > 0: normalize each row to that total over all of its values, then log1p (float64 sum, float32 scale and product, log1p
-    rounded to float32 from float64: within 1 ulp of numpy's float32 log1p, which is not correctly rounded). col_map_g (empty: identity) maps file columns to output columns, -1 drops one. Returns a checksum of the touched
-    values so the look-ahead loads cannot be removed by the compiler.
+    rounded to float32 from float64: within 1 ulp of numpy's float32 log1p, which is not correctly rounded). col_map_g (empty: identity)
+    maps file columns to output columns, -1 drops one. Returns a checksum of the touched values so the look-ahead loads cannot be removed
+    by the compiler.
     """
     n_q = len(len_q)
     touched = 0.0

@@ -19,6 +19,16 @@ def register_model(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn
     return fn
 
 
+def is_registered(name: str) -> bool:
+    """Whether `name` is one of our models (registered here), not timm's."""
+    return name in _MODELS
+
+
+def get_registered() -> dict[str, Callable[..., torch.nn.Module]]:
+    """Our models by name (a copy)."""
+    return dict(_MODELS)
+
+
 def list_models(pattern: str = "") -> list[str]:
     ours = [n for n in _MODELS if pattern in n]
     return sorted(ours) + timm.list_models(f"*{pattern}*" if pattern else "")

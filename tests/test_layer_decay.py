@@ -71,7 +71,7 @@ def _lr_scales(name: str, kwargs: dict) -> tuple[dict[str, float], int]:
 
 def test_every_model_of_our_registry_is_covered():
     # Models that tests register for themselves (tests/fault_models.py) are not the project's.
-    ours = {name for name, fn in registry._MODELS.items() if fn.__module__.startswith("models.")}
+    ours = {name for name, fn in registry.get_registered().items() if fn.__module__.startswith("models.")}
     assert ours <= set(CASES), "add the new model to CASES"
     assert ours >= {"small_cnn", "set_transformer"}
 
