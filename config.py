@@ -16,7 +16,8 @@ import os
 import yaml
 
 from activations.config import ActivationsConfig
-from cli import FLAG_GROUPS, big_vision_config
+from cli import big_vision_config
+from cli.parser import DESCRIPTION, ArgumentParser, get_args_parser  # noqa: F401  (the parser lives in cli/: main.py answers --help without torch)
 from datasets import DataConfig
 from engine import TrainConfig
 from losses import SetLossConfig
@@ -30,36 +31,8 @@ from utils.device import RuntimeConfig
 from utils.ema import EmaConfig
 from utils.logging import LoggingConfig
 
-DESCRIPTION = (
-    "Train a backbone: python main.py [--config recipe.yaml] [--flag value ...]. "
-    "With no arguments it trains the default model on the embedded digits dataset on CPU."
-)
 NOT_CONFIG = ("help", "config", "config_ignore", "list_models")  # flags that are not part of a run's configuration
 MAPPING_FLAGS = ("model_kwargs",)  # flags whose recipe value may be a YAML mapping (on the command line: the mapping as YAML/JSON text)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line usage on errors: the full flag list is `--help`'s job, not every typo's."""
-
-    def error(self, message: str):
-        self.exit(
-            2, f"usage: {self.prog} [--config recipe.yaml] [--flag value ...] (python {self.prog} --help lists the flags)\n{self.prog}: error: {message}\n"
-        )
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser("main.py", description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument(
-        "--config",
-        default=None,
-        help="YAML recipe, or a big_vision config file FILE.py[:ARG] (its get_config(ARG) mapped onto these flags); "
-        "its values are defaults for the flags below, which override them",
-    )
-    p.add_argument("--config_ignore", nargs="+", default=None, metavar="FIELD", help="big_vision config fields to drop, e.g. fewshot evals.real")
-    p.add_argument("--list_models", default=None, nargs="?", const="", metavar="PATTERN", help="print model names (optionally matching PATTERN) and exit")
-    for group in FLAG_GROUPS:
-        group.add_flags(p)
-    return p
 
 
 def _check_type(parser: argparse.ArgumentParser, key: str, value, action: argparse.Action):

@@ -22,9 +22,13 @@ import signal
 import sys
 from collections.abc import Callable
 
+from cli import parser as cli_parser
 from utils import process
 
 os.environ.update(process.env_defaults())  # before torch is imported: OpenMP reads its settings once (utils/process.py)
+
+if __name__ == "__main__" and cli_parser.wants_help(sys.argv[1:]):
+    cli_parser.get_args_parser().parse_args(sys.argv[1:])  # prints the flags with their defaults and exits, in a fraction of a second: no torch import
 
 import torch
 import yaml

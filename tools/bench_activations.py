@@ -9,27 +9,25 @@ example. Under SPMD the third mode replaces the local-shard copy with `.cpu()` o
 compiles it adds.
 """
 
+from __future__ import annotations  # the signatures name activations types, imported only after --help
+
 import argparse
 import logging
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
+from cli.help import ArgumentParser
 from utils import process
 
-os.environ.update(process.env_defaults())
-
-import torch  # noqa: E402
-
-import models  # noqa: E402
-from activations import extract  # noqa: E402
-from activations.config import ActivationsConfig  # noqa: E402
-from activations.source import Source  # noqa: E402
-from utils.device import make_runtime  # noqa: E402
+if TYPE_CHECKING:
+    from activations.config import ActivationsConfig
+    from activations.source import Source
 
 
 def get_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser("python -m tools.bench_activations", description=__doc__)
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm ViT")
     p.add_argument("--img_size", type=int, default=64)
     p.add_argument("--patch_size", type=int, default=8)
@@ -44,6 +42,10 @@ def get_args() -> argparse.Namespace:
 
 
 def make_source(batch_size: int, n_batches: int, img_size: int) -> Source:
+    import torch
+
+    from activations.source import Source
+
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(n_batches, batch_size, 3, img_size, img_size, generator=gen)
 
@@ -56,6 +58,8 @@ def make_source(batch_size: int, n_batches: int, img_size: int) -> Source:
 
 
 def run_once(model, task, runtime, source: Source, config: ActivationsConfig, to_host=None) -> dict:
+    from activations import extract
+
     dpath = tempfile.mkdtemp(prefix="bench_activations_")
     try:
         prepared = extract.setup(model, task, runtime, source, config, dpath, {"model": "bench"}, seed=0)
@@ -66,6 +70,11 @@ def run_once(model, task, runtime, source: Source, config: ActivationsConfig, to
 
 def main() -> None:
     args = get_args()
+    os.environ.update(process.env_defaults())  # before torch is imported (after --help, which needs none of it)
+    import models
+    from activations.config import ActivationsConfig
+    from utils.device import make_runtime
+
     logging.basicConfig(level=logging.WARNING)
     runtime = make_runtime("xla", parallel=args.parallel)
     from tasks.classification import ClassificationTask
