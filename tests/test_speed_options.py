@@ -7,6 +7,9 @@ background prefetcher keeps order, raises in order and stops on a break. The CUD
 
 import copy
 import json
+import os
+import re
+import sys
 import threading
 
 import pytest
@@ -16,6 +19,7 @@ import torch._dynamo.utils
 import main
 import models
 import optim_factory
+from tests import proc
 from utils import speed
 from utils.device import Runtime, make_runtime
 
@@ -203,6 +207,20 @@ def test_prefetch_keeps_order_raises_in_order_and_stops_on_break():
             break
     assert closed.wait(5), "the source was not closed after the consumer's break"
     assert not [t for t in threading.enumerate() if t.name == "prefetch"], "the prefetch thread outlived the consumer's break"
+
+
+@pytest.mark.timeout(180)
+def test_the_step_benchmark_prints_both_loops_and_their_ratio():
+    """`python -m tools.bench_step` as a user runs it, tiny: its figures are the README's, its flags reach the engine's runtime."""
+    argv = ["--model", "tiny_cnn", "--img_size", "16", "--batch_size", "8", "--steps", "3", "--rounds", "2", "--opt_fused", "--channels_last"]
+    repo_dpath = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = proc.run([sys.executable, "-m", "tools.bench_step", *argv], cwd=repo_dpath, env={**os.environ, "PJRT_DEVICE": "CPU"}, timeout=150)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "speed options: channels_last" in r.stdout and "speed options: channels_last, opt_fused" in r.stdout, r.stdout
+    assert re.search(r"engine +median +[\d.]+ ms/step", r.stdout) and re.search(r"minimal +median +[\d.]+ ms/step", r.stdout), r.stdout
+    assert re.search(r"engine / minimal step time \(cpu\) : [\d.]+x", r.stdout), r.stdout
+    bad = proc.run([sys.executable, "-m", "tools.bench_step", "--loops", "timm"], cwd=repo_dpath, timeout=60)
+    assert bad.returncode == 2 and "use --device cuda" in bad.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
