@@ -27,7 +27,11 @@ def get_device_kind(kind: str, device: torch.device) -> str | None:
         return None
     import torch_xla.core.xla_model as xm
 
-    name = xm.xla_device_kind(device)
+    try:
+        name = xm.xla_device_kind(device)
+    except RuntimeError:  # the SPMD virtual device (SPMD:0) has no kind of its own
+        log.info("device kind: not reported for %s; MFU needs --peak_tflops here", device)
+        return None
     return None if not name or name.lower() == "cpu" else name
 
 
