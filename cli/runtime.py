@@ -9,7 +9,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel", default="auto", help="auto | none | spmd | fsdp | pjrt | ddp (auto: spmd on TPU, ddp under torchrun, else none)")
     g.add_argument("--fsdp", action="store_true", help="shorthand for --parallel fsdp (FSDPv2 over the SPMD mesh, for models that do not fit per chip)")
     g.add_argument("--xla_cache_dir", default=None, help="persistent XLA compile cache (pays on TPU)")
-    g.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast on XLA and CUDA)")
+    g.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast on XLA, CUDA (Ampere or newer) and cpu; no loss scaler)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap the steps per epoch (smoke runs)")
     g.add_argument(
