@@ -90,6 +90,7 @@ class DataConfig:
     tfds_private_threadpool_size: int = settings.setting(0, range=settings.NON_NEGATIVE)
     tfds_skip_decode: bool = True
     tfds_deterministic: bool = True
+    tfds_epochs_ahead: int = settings.setting(1, range=settings.NON_NEGATIVE)
     big_vision_pp_train: str | None = None
     big_vision_pp_eval: str | None = None
     batch_size: int = settings.setting(64, range=settings.POSITIVE)  # global, all processes together
@@ -334,6 +335,7 @@ def _make_eval_sets(config: DataConfig, builder, data_dpath: str, pp_eval: str, 
 
 def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> Data:
     from big_vision import input_pipeline as ip
+    from big_vision import train_stream
 
     builder, data_dpath = _make_builder(config)
     train_split = ip.get_split(builder, config.tfds_train_split)
@@ -368,9 +370,18 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
     train_shards = ip.get_shards(builder, train_split)
     source = f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}"
 
+    # Every epoch from one pipeline while the engine reads them in order (big_vision/train_stream.py); the same batches as one per epoch.
+    stream = train_stream.TrainStream(
+        lambda epoch, step: train_stream.make_train_stream(
+            builder, train_split, pp_train, batch_per_process, start_epoch=epoch, start_step=step, epochs_ahead=config.tfds_epochs_ahead, **train_kw
+        ),
+        steps_per_epoch,
+        source=source,
+        shards=train_shards,
+    )
+
     def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
-        ds = ip.make_train_dataset(builder, train_split, pp_train, batch_per_process, epoch=epoch, start_step=start_step, **train_kw)
-        batches = ip.iterate_torch(ds, source=source, shards=train_shards, n_batches=steps_per_epoch - start_step)
+        batches = stream.epoch(epoch, start_step)
         # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see big_vision/mixup.py).
         return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, config.seed, epoch, start_step)
 

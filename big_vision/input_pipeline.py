@@ -2,9 +2,10 @@
 
 Train: each process reads a disjoint, equal-sized part of the split (`tfds.even_splits` with
 drop_remainder), files are shuffled and examples shuffled with a seed derived from (seed, epoch),
-then preprocessed and batched with drop_remainder, so every step has the same shape. The dataset is
-rebuilt per epoch: this makes the order a pure function of (seed, epoch), which is what exact
-resume replays (skipping `start_step` batches before preprocessing is ever run on them). Random pp
+then preprocessed and batched with drop_remainder, so every step has the same shape. Each epoch's
+pipeline is built from its own seeds (`make_epoch_batches`): the order is a pure function of (seed,
+epoch), which is what exact resume replays (skipping `start_step` batches before preprocessing is
+ever run on them). Training chains the epochs in one pipeline (`big_vision.train_stream`). Random pp
 ops (crops, flips, randaug) draw from stateless TF ops keyed by (seed, epoch, process, index of the
 example in the epoch's order) (`big_vision.pp.utils.example_seed`), so an example's augmentation
 does not depend on which thread of the parallel map runs it, nor on the examples skipped before it:
@@ -134,10 +135,10 @@ def tail_blocked(later: list, reads: set[str], writes: set[str]) -> bool:
     return False
 
 
-def _make_seeded_pp(pp_str: str, epoch_seed: int, process_index: int) -> Callable[[tf.Tensor, dict], dict]:
+def _make_seeded_pp(pp_str: str, epoch_seed: int | tf.Tensor, process_index: int) -> Callable[[tf.Tensor, dict], dict]:
     """The pp function over `(index, example)`: random ops draw from stateless streams keyed by (epoch_seed, process, index)."""
     pp = _make_pp(pp_str)
-    base_t = tf.constant([epoch_seed, process_index], tf.int64)
+    base_t = tf.stack([tf.cast(epoch_seed, tf.int64), tf.constant(process_index, tf.int64)])
 
     # Ops are plain TF already, so AutoGraph conversion is skipped.
     @tf.autograph.experimental.do_not_convert
@@ -225,11 +226,12 @@ def _options(private_threadpool_size: int, deterministic: bool) -> tf.data.Optio
     return options
 
 
-def get_epoch_seed(seed: int, epoch: int) -> int:
+def get_epoch_seed(seed: int, epoch: int | tf.Tensor) -> int | tf.Tensor:
+    """The seed of epoch `epoch`'s file order, example order and random ops (an int64 tensor for a tensor epoch, the same value)."""
     return seed * 100_003 + epoch
 
 
-def _read(builder: tfds.core.DatasetBuilder, split: str, shuffle_seed: int | None, skip_decode: bool) -> tf.data.Dataset:
+def _read(builder: tfds.core.DatasetBuilder, split: str, shuffle_seed: int | tf.Tensor | None, skip_decode: bool) -> tf.data.Dataset:
     """The encoded examples of `split` with `tfds_id`; files shuffled with `shuffle_seed` (None: in order)."""
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False, add_tfds_id=True)
     return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config, decoders=_decoders(builder, skip_decode))
@@ -251,20 +253,37 @@ def make_train_dataset(
     *,
     epoch: int = 0,
     start_step: int = 0,
+    prefetch: int = 2,
+    private_threadpool_size: int = 0,
+    deterministic: bool = True,
+    **kwargs,
+) -> tf.data.Dataset:
+    """One epoch of full batches for this process, starting at `start_step` of that epoch. `kwargs`: `make_epoch_batches`'s (seed, process,
+    shuffle buffer, `raw`, ...). Training reads every epoch from one pipeline instead (`big_vision.train_stream`), with the same batches."""
+    ds = make_epoch_batches(builder, split, pp_str, batch_size, epoch, start_step * batch_size, **kwargs)
+    return ds.with_options(_options(private_threadpool_size, deterministic)).prefetch(prefetch)
+
+
+def make_epoch_batches(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    pp_str: str,
+    batch_size: int,
+    epoch: int | tf.Tensor,
+    n_skip: int | tf.Tensor = 0,
+    *,
     seed: int = 0,
     process_index: int = 0,
     process_count: int = 1,
     shuffle_buffer: int = 10_000,
     raw: tf.data.Dataset | None = None,
     skip_decode: bool = True,
-    prefetch: int = 2,
     num_parallel_calls: int = AUTOTUNE,
-    private_threadpool_size: int = 0,
-    deterministic: bool = True,
     batch_tail: bool = True,
 ) -> tf.data.Dataset:
-    """One epoch of full batches for this process, starting at `start_step` of that epoch; `raw`: `make_raw_cache`'s dataset (the same for every epoch).
-    `batch_tail`: run the pp string's trailing value_range over whole batches (`split_batch_tail`; the same values)."""
+    """Epoch `epoch`'s full batches without its first `n_skip` examples (whole batches: resume), no options or prefetch; `epoch` and
+    `n_skip` may be tensors (the stream traces this once for all epochs) and give the same batches as ints. `raw`: `make_raw_cache`'s
+    dataset (the same for every epoch). `batch_tail`: run the pp string's trailing value_range over whole batches (`split_batch_tail`)."""
     epoch_seed = get_epoch_seed(seed, epoch)
     if raw is None:
         raw = _read(builder, _process_split(split, process_index, process_count, True), epoch_seed, skip_decode)
@@ -272,15 +291,14 @@ def make_train_dataset(
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     ds = ds.enumerate()  # before skip: an example's index (its random-op seed) is its place in the epoch's order
-    if start_step:
-        ds = ds.skip(start_step * batch_size)  # before pp: skipped examples are never decoded
+    if not isinstance(n_skip, int) or n_skip:
+        ds = ds.skip(n_skip)  # before pp: skipped examples are never decoded
     head, tail = split_batch_tail(pp_str) if batch_tail else (pp_str, "")
     ds = ds.map(_make_seeded_pp(head, epoch_seed, process_index), num_parallel_calls=num_parallel_calls)
     ds = ds.batch(batch_size, drop_remainder=True)
     if tail:
         ds = ds.map(tf.autograph.experimental.do_not_convert(pp_builder.get_preprocess_fn(tail)), num_parallel_calls=num_parallel_calls)
-    ds = ds.with_options(_options(private_threadpool_size, deterministic))
-    return ds.prefetch(prefetch)
+    return ds
 
 
 def get_n_eval_batches(builder: tfds.core.DatasetBuilder, split: str, batch_size: int, process_count: int) -> int:

@@ -49,5 +49,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         default=True,
         help="seeded train batch order (exact resume); off: the parallel map hands out examples as they finish",
     )
+    g.add_argument(
+        "--tfds_epochs_ahead",
+        type=int,
+        default=1,
+        help="train epochs whose pipelines start while the current one runs (shuffle buffer filled, first batches made), so no epoch starts "
+        "empty; each holds its own shuffle buffer in RAM; 0: one epoch's pipeline at a time",
+    )
     g.add_argument("--big_vision_pp_train", default=None, help="train pp string (default: the dataset's)")
     g.add_argument("--big_vision_pp_eval", default=None, help="eval pp string (default: the dataset's)")

@@ -62,9 +62,12 @@ def _run_epochs(data: datasets.Data, shards: list[str], hide_after_first: bool) 
 
 def test_cache_raw_reads_each_record_once_over_three_epochs(own_digits):
     shards = _shards(own_digits)
-    plain_passes, plain = _run_epochs(datasets.build_data(_config(own_digits)), shards, hide_after_first=False)
+    plain_passes, plain = _run_epochs(datasets.build_data(_config(own_digits, tfds_epochs_ahead=0)), shards, hide_after_first=False)
     assert plain_passes == [1, 1, 1], "without the cache every epoch reads the split again"
     assert sum(plain_passes) * N_TRAIN == 4311
+    # One epoch ahead (the default): the next epoch's pipeline fills its shuffle buffer (all 1437 records) while the current one runs.
+    ahead_passes, ahead = _run_epochs(datasets.build_data(_config(own_digits)), shards, hide_after_first=False)
+    assert ahead_passes == [2, 1, 1] and ahead == plain, ahead_passes
 
     cached_passes, cached = _run_epochs(datasets.build_data(_config(own_digits, tfds_cache_raw=True)), shards, hide_after_first=True)
     # The shard files are gone from epoch 1 on: those epochs can only come from RAM.

@@ -46,7 +46,10 @@ PP_TRAIN = 'decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep(
 PP_FULL_DECODE = 'decode|inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")'
 # name -> (make_train_dataset kwargs, extra tf.data options, pp string). Applied on top of make_train_dataset's defaults.
 VARIANTS: dict[str, tuple[dict, dict, str]] = {
-    "default": ({}, {}, PP_TRAIN),
+    "default": ({}, {}, PP_TRAIN),  # what training runs: every epoch from one pipeline, one epoch ahead (big_vision/train_stream.py)
+    "per_epoch": ({"per_epoch": True}, {}, PP_TRAIN),  # one pipeline per epoch, each started when the previous one ends
+    "ahead0": ({"epochs_ahead": 0}, {}, PP_TRAIN),
+    "ahead2": ({"epochs_ahead": 2}, {}, PP_TRAIN),
     "no_batch_tail": ({"batch_tail": False}, {}, PP_TRAIN),  # the whole pp string per example (value_range before the batching)
     "nondet": ({"deterministic": False}, {}, PP_TRAIN),
     "intra1": ({}, {"max_intra_op_parallelism": 1}, PP_TRAIN),
@@ -108,6 +111,7 @@ def make_ours(builder: tfds.core.DatasetBuilder, batch_size: int, variant: str) 
     import torch
 
     from big_vision import input_pipeline as ip
+    from big_vision import train_stream
     from utils.tf_import import tf  # torch_xla before TensorFlow
 
     kwargs, extra_options, pp_str = VARIANTS[variant]
@@ -116,10 +120,18 @@ def make_ours(builder: tfds.core.DatasetBuilder, batch_size: int, variant: str) 
         setattr(options.threading, name, value)
 
     def batches() -> Iterator[int]:
+        kw = dict(kwargs)
+        per_epoch = kw.pop("per_epoch", False)
+        if per_epoch:
+            make = lambda epoch: ip.make_train_dataset(builder, "train", pp_str, batch_size, epoch=epoch, **kw).with_options(options)  # noqa: E731
+        else:  # as training reads it: every epoch from one pipeline
+            stream = train_stream.make_train_stream(builder, "train", pp_str, batch_size, **kw).with_options(options)
+            steps = ip.get_train_steps_per_epoch(builder, "train", batch_size, 1)
+            epochs = train_stream.TrainStream(lambda epoch, step: stream, steps)
+            make = lambda epoch: epochs.epoch(epoch)  # noqa: E731
         epoch = 0
         while True:
-            ds = ip.make_train_dataset(builder, "train", pp_str, batch_size, epoch=epoch, **kwargs).with_options(options)
-            for batch in ip.iterate_torch(ds):
+            for batch in ip.iterate_torch(make(epoch)) if per_epoch else make(epoch):
                 assert batch["image"].shape == (batch_size, 3, 224, 224) and batch["image"].dtype == torch.float32
                 yield batch["image"].shape[0]
             epoch += 1
