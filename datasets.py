@@ -333,9 +333,32 @@ def _make_eval_sets(config: DataConfig, builder, data_dpath: str, pp_eval: str, 
     return sets, {"eval_sets": info}
 
 
-def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> Data:
+def _make_train_batches(config: DataConfig, builder, split: str, pp_str: str, batch_size: int, steps_per_epoch: int, train_kw: dict, mixup):
+    """(epoch, start_step) -> that epoch's torch batches, mixed when mixup is on."""
     from big_vision import input_pipeline as ip
     from big_vision import train_stream
+
+    source = f"{builder.info.full_name} split {split!r} in {builder.data_dir}"
+    # Every epoch from one pipeline while the engine reads them in order (big_vision/train_stream.py); the same batches as one per epoch.
+    stream = train_stream.TrainStream(
+        lambda epoch, step: train_stream.make_train_stream(
+            builder, split, pp_str, batch_size, start_epoch=epoch, start_step=step, epochs_ahead=config.tfds_epochs_ahead, **train_kw
+        ),
+        steps_per_epoch,
+        source=source,
+        shards=ip.get_shards(builder, split),
+    )
+
+    def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
+        batches = stream.epoch(epoch, start_step)
+        # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see big_vision/mixup.py).
+        return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, config.seed, epoch, start_step)
+
+    return train_batches
+
+
+def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> Data:
+    from big_vision import input_pipeline as ip
 
     builder, data_dpath = _make_builder(config)
     train_split = ip.get_split(builder, config.tfds_train_split)
@@ -367,23 +390,7 @@ def _build_tfds(config: DataConfig, process_index: int, process_count: int) -> D
     if strings:
         log.info("train batches hold tensors only: the string features %s of train pp %r are dropped", strings, pp_train)
 
-    train_shards = ip.get_shards(builder, train_split)
-    source = f"{builder.info.full_name} split {train_split!r} in {builder.data_dir}"
-
-    # Every epoch from one pipeline while the engine reads them in order (big_vision/train_stream.py); the same batches as one per epoch.
-    stream = train_stream.TrainStream(
-        lambda epoch, step: train_stream.make_train_stream(
-            builder, train_split, pp_train, batch_per_process, start_epoch=epoch, start_step=step, epochs_ahead=config.tfds_epochs_ahead, **train_kw
-        ),
-        steps_per_epoch,
-        source=source,
-        shards=train_shards,
-    )
-
-    def train_batches(epoch: int, start_step: int) -> Iterator[Batch]:
-        batches = stream.epoch(epoch, start_step)
-        # Mixed on the host, before the device transfer: the device sees fixed shapes whatever was drawn (see big_vision/mixup.py).
-        return batches if mixup is None else mixup_lib.mix_batches(batches, mixup, config.seed, epoch, start_step)
+    train_batches = _make_train_batches(config, builder, train_split, pp_train, batch_per_process, steps_per_epoch, train_kw, mixup)
 
     return Data(
         kind="image",
