@@ -26,6 +26,31 @@ def test_value_range(mode):
     np.testing.assert_allclose(run("value_range(0, 2, (0, 51, 0), (255, 102, 510))", {"image": x}, mode)["image"], [[[0.0, 0.0, 1.0]]], atol=1e-6)
 
 
+VALUE_RANGES = [(-1, 1, 0, 255), (0, 1, 0, 255), (1, -1, 0, 255), (0, 1, 51, 255), (0, 2, (0, 51, 0), (255, 102, 510)), (-1, 1, (0, 0, 0), (255, 255, 255))]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_value_range_short_form_is_bit_identical_to_the_formula(mode, dtype):
+    """On 8-bit inputs value_range may use a shorter form (x / 127.5 - 1), chosen only when it gives the formula's float32 bits for all 256
+    values: every value of the dtype, per channel, bit for bit against the formula computed op by op in TF, in a few random settings too."""
+    from big_vision.pp import ops_general
+
+    rng = np.random.RandomState(0)
+    settings = VALUE_RANGES + [tuple(float(v) for v in (rng.uniform(-3, 0), rng.uniform(0.5, 3), rng.randint(0, 60), rng.randint(61, 300))) for _ in range(6)]
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1).astype(dtype).reshape(-1, 1, 1).repeat(3, -1)
+    n_short = 0
+    for vmin, vmax, lo, hi in settings:
+        got = run(f"value_range({vmin}, {vmax}, {lo}, {hi})", {"image": x}, mode)["image"]
+        xf = tf.cast(tf.constant(x), tf.float32)
+        lo_t, hi_t = tf.constant(lo, tf.float32), tf.constant(hi, tf.float32)
+        want = (vmin + ((xf - lo_t) / (hi_t - lo_t)) * (vmax - vmin)).numpy()
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32)), (vmin, vmax, lo, hi)
+        n_short += ops_general.get_exact_short_form(tf.as_dtype(dtype), vmin, vmax, lo, hi) is not None
+    assert ops_general.get_exact_short_form(tf.uint8, -1, 1, 0, 255) is not None, "the ImageNet setting takes the short form"
+    assert n_short >= len(VALUE_RANGES) - 1
+
+
 def test_onehot_single_label(mode):
     out = run('onehot(5, key="label", key_result="labels", on=0.9, off=0.025)', {"label": np.int64(3)}, mode)
     np.testing.assert_allclose(out["labels"], [0.025, 0.025, 0.025, 0.9, 0.025])
