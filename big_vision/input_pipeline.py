@@ -20,9 +20,11 @@ epoch)) over that fixed order, as in big_vision, whose file order is also fixed 
 epoch 0 is the same as without the cache. tf.data keeps a cache only once its input has been read
 to the end, so `iterate_torch(n_batches=...)` asks for the end right after the last full batch.
 
-Every example carries big_vision's `tfds_id` (TFDS's record id, a string) and `_id` (an int32 hash
-of it) for pp ops that key on the example (`choice_no_replacement`, per-example seeds). They reach
-torch only if the pp string names them (`keep("image", "label", "_id")`).
+Examples carry big_vision's `tfds_id` (TFDS's record id, a string) and `_id` (an int32 hash of it)
+for pp ops that key on the example (`choice_no_replacement`) whenever the pp string's outputs
+depend on them (`reads_record_id` traces the pp function and walks its graph); otherwise records
+are read without the id, which saves its cost. They reach torch only if the pp string names them
+(`keep("image", "label", "_id")`).
 
 Eval: every example is seen exactly once across processes. Each process reads its part
 (`even_splits` without drop_remainder), and the stream is padded with `_mask=False` examples up to
@@ -36,6 +38,7 @@ for accumulators that record examples by name; the engine moves only the tensors
 """
 
 import difflib
+import functools
 import math
 import os
 import re
@@ -231,10 +234,37 @@ def get_epoch_seed(seed: int, epoch: int | tf.Tensor) -> int | tf.Tensor:
     return seed * 100_003 + epoch
 
 
-def _read(builder: tfds.core.DatasetBuilder, split: str, shuffle_seed: int | tf.Tensor | None, skip_decode: bool) -> tf.data.Dataset:
-    """The encoded examples of `split` with `tfds_id`; files shuffled with `shuffle_seed` (None: in order)."""
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False, add_tfds_id=True)
+def _read(builder: tfds.core.DatasetBuilder, split: str, shuffle_seed: int | tf.Tensor | None, skip_decode: bool, add_id: bool = True) -> tf.data.Dataset:
+    """The encoded examples of `split`, with `tfds_id` when `add_id`; files shuffled with `shuffle_seed` (None: in order)."""
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, interleave_cycle_length=16, skip_prefetch=True, try_autocache=False, add_tfds_id=add_id)
     return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config, decoders=_decoders(builder, skip_decode))
+
+
+@functools.lru_cache(maxsize=64)
+def reads_record_id(builder: tfds.core.DatasetBuilder, split: str, pp_str: str, skip_decode: bool) -> bool:
+    """Whether the pp string's outputs depend on the record id (`tfds_id`, or the `_id` made from it): the pp function is traced on the split's
+    example spec and its graph walked back from every output. Records are read without the id otherwise (it costs about 0.04 CPU ms each)."""
+    with tf.init_scope():  # out of any graph being built (the train stream builds its epochs inside one)
+        spec = _read(builder, split, None, skip_decode).element_spec
+        pp, seen = _make_pp(pp_str), {}
+
+        def traced(example: dict) -> dict:
+            seen["id"] = example["tfds_id"]
+            with pp_utils.example_seed(tf.constant([0, 0], tf.int64)):
+                return pp(example)
+
+        graph = tf.function(traced, autograph=False).get_concrete_function(spec).graph
+    target = seen["id"].name
+    stack, visited = [t.op for t in tf.nest.flatten(graph.structured_outputs) if isinstance(t, tf.Tensor)], set()
+    while stack:
+        op = stack.pop()
+        if op.name in visited:
+            continue
+        visited.add(op.name)
+        if any(t.name == target for t in op.inputs) or op.name == seen["id"].op.name:
+            return True
+        stack.extend([t.op for t in op.inputs] + list(op.control_inputs))
+    return False
 
 
 def make_raw_cache(
@@ -286,7 +316,8 @@ def make_epoch_batches(
     dataset (the same for every epoch). `batch_tail`: run the pp string's trailing value_range over whole batches (`split_batch_tail`)."""
     epoch_seed = get_epoch_seed(seed, epoch)
     if raw is None:
-        raw = _read(builder, _process_split(split, process_index, process_count, True), epoch_seed, skip_decode)
+        process_split = _process_split(split, process_index, process_count, True)
+        raw = _read(builder, process_split, epoch_seed, skip_decode, add_id=reads_record_id(builder, process_split, pp_str, skip_decode))
     ds = raw
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
@@ -325,7 +356,7 @@ def make_eval_dataset(
     n_batches = get_n_eval_batches(builder, split, batch_size, process_count)
     process_split = _process_split(split, process_index, process_count, False)
     n_pad = n_batches * batch_size - builder.info.splits[process_split].num_examples
-    ds = _read(builder, process_split, None, skip_decode)
+    ds = _read(builder, process_split, None, skip_decode, add_id=reads_record_id(builder, process_split, pp_str, skip_decode))
     ds = ds.map(tf.autograph.experimental.do_not_convert(_make_pp(pp_str, mask=True)), num_parallel_calls=num_parallel_calls)
     if cache:
         ds = ds.cache()

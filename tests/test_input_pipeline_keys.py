@@ -137,3 +137,21 @@ def test_eval_string_features_reach_the_accumulator_as_lists_of_str(digits_dir):
     eval_set = EvalSet(n_batches, 360, lambda: ip.iterate_torch(ds, n_batches=n_batches, strings=True))
     metrics = engine.evaluate_set(torch.nn.Identity(), _NameTask(), eval_set, runtime, lambda b: _NameTask().eval_outputs(None, b))
     assert metrics == {"n_examples": 360.0, "n_names": 360.0}
+
+
+def test_record_id_is_read_only_when_the_outputs_depend_on_it(digits_dir):
+    """The id costs CPU per record: it is read when an output depends on `tfds_id` or `_id` (named, copied, or used by an op), else not."""
+    builder = ip.make_builder("sklearn_digits", digits_dir)
+    uses = [
+        f'{DECODE}|keep("image", "label", "_id")',
+        f'{DECODE}|copy("tfds_id", "name")|keep("image", "name")',
+        f'{DECODE}|test_mask_label_is_not(3)|copy("_id", "x")|keep("image", "x")',
+    ]
+    for pp in uses:
+        assert ip.reads_record_id(builder, "train", pp, True), pp
+    for pp in (f'{DECODE}|keep("image", "label")', 'decode|inception_crop(16)|flip_lr|value_range(-1, 1)|keep("image", "label")', DECODE):
+        assert not ip.reads_record_id(builder, "train", pp, True), pp
+    ds = ip.make_train_dataset(builder, "train", f'{DECODE}|keep("image", "label")', 64)
+    assert set(ds.element_spec) == {"image", "label"}
+    batch = next(ip.iterate_torch(ip.make_train_dataset(builder, "train", f'{DECODE}|keep("image", "_id")', 64)))
+    assert batch["_id"].dtype == torch.int32 and len(set(batch["_id"].tolist())) == 64
