@@ -6,7 +6,8 @@ The data is built at run time from the photos that ship with scikit-image (`skim
 (GeneratorBasedBuilder, the bytes stored unchanged) and as an ImageFolder tree for timm.
 
 Timed, in one process, each for `--n_batches` batches after `--warmup_batches` untimed ones, epochs repeating as needed:
-- ours: `big_vision.input_pipeline.make_train_dataset` with the ImageNet train pp string
+- ours: `big_vision.train_stream.make_train_stream` as training reads it (variant per_epoch: `make_train_dataset` per epoch), with the
+  ImageNet train pp string
   (`decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")`), handed to torch by `iterate_torch`, one variant
   per `--variants` entry (see VARIANTS);
 - timm: `timm.data.create_dataset('', root=folder)` +
