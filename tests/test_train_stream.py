@@ -83,3 +83,19 @@ def test_stream_misuse_is_an_error(digits_dir):
         stream.epoch(0, 22)
     with pytest.raises(ValueError, match="--tfds_epochs_ahead -1: give 0"):
         train_stream.make_train_stream(builder, "train", RANDOM_PP, 64, epochs_ahead=-1)
+
+
+def test_batches_come_from_tensorflows_pool_allocator(digits_dir):
+    """utils/process.py turns on TF's BFC pool for host tensors (a malloc'd 77 MB ImageNet batch is a fresh mmap and page faults each step)."""
+    from utils.tf_import import tf
+
+    tf.config.experimental.reset_memory_stats("CPU:0")  # raises ValueError under the default malloc allocator, which keeps no statistics
+    builder = ip.make_builder(datasets.DIGITS_NAME, digits_dir)
+    stream = train_stream.TrainStream(lambda e, s: train_stream.make_train_stream(builder, "train", RANDOM_PP, 64, start_epoch=e, start_step=s), 22)
+    batch_bytes = 64 * 32 * 32 * 3 * 4
+    for epoch in range(2):
+        for _ in stream.epoch(epoch):
+            pass
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    # The float batches were in the pool and went back to it: a few were in use at once (prefetch, the epoch ahead), not all 44.
+    assert 2 * batch_bytes <= peak < 30 * batch_bytes, peak

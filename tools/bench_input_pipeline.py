@@ -36,7 +36,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from cli.help import ArgumentParser
+# The environment as the user started the bench, before utils/process.py adds our defaults: big_vision runs in it, as it ships.
+USER_ENV = dict(os.environ)
+
+from cli.help import ArgumentParser  # noqa: E402
 
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
@@ -233,6 +236,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(its requirements jax, flax, einops, overrides must be importable)",
     )
     parser.add_argument(
+        "--big_vision_allocator",
+        default="both",
+        choices=["both", "as_shipped", "bfc"],
+        help="big_vision's pipeline in the environment it ships with, with TensorFlow's BFC host allocator that ours turns on (utils/process.py), or both",
+    )
+    parser.add_argument(
         "--big_vision_extra_path", default=None, help="a directory with big_vision's requirements (pip install --target DIR jax flax einops overrides)"
     )
     return parser
@@ -275,8 +284,11 @@ def prepare_data(folder_dpath: str, data_dpath: str, n_images: int, seed: int) -
     return files, builder
 
 
-def measure_big_vision(args: argparse.Namespace, builder: tfds.core.DatasetBuilder) -> Measurement:
-    """big_vision's own pipeline on the same TFDS data and pp string, in a fresh interpreter (tools/bench_big_vision_worker.py)."""
+def measure_big_vision(args: argparse.Namespace, builder: tfds.core.DatasetBuilder, bfc: bool) -> Measurement:
+    """big_vision's own pipeline on the same TFDS data and pp string, in a fresh interpreter (tools/bench_big_vision_worker.py).
+
+    It runs in the user's environment (`bfc`: with TF_CPU_ALLOCATOR_USE_BFC=true added), not in ours, which utils/process.py extends.
+    """
     import json
     import subprocess
     import sys
@@ -286,12 +298,26 @@ def measure_big_vision(args: argparse.Namespace, builder: tfds.core.DatasetBuild
     cmd += ["--name", builder.info.name, "--pp", PP_TRAIN, "--batch_size", str(args.batch_size), "--n_batches", str(args.n_batches)]
     cmd += ["--warmup_batches", str(args.warmup_batches)]
     paths = [os.path.abspath(args.big_vision_dir)] + ([os.path.abspath(args.big_vision_extra_path)] if args.big_vision_extra_path else [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env = {**USER_ENV, "PYTHONPATH": os.pathsep.join(paths + [p for p in USER_ENV.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    if bfc:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=tempfile.gettempdir())
     if r.returncode != 0:
         raise SystemExit((r.stderr.strip().splitlines() or ["big_vision's pipeline failed"])[-1])
     out = json.loads(r.stdout.strip().splitlines()[-1])
     return Measurement(out["images_per_s"], out["cpu_ms_per_image"], out["n_images"])
+
+
+BIG_VISION = "big_vision input_pipeline.training"
+BIG_VISION_BFC = "big_vision, TF's BFC allocator"
+
+
+def get_big_vision_runs(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """(result name, with the BFC allocator) of each big_vision measurement per round."""
+    if not args.big_vision_dir:
+        return []
+    runs = {"as_shipped": [(BIG_VISION, False)], "bfc": [(BIG_VISION_BFC, True)]}
+    return runs.get(args.big_vision_allocator, runs["as_shipped"] + runs["bfc"])
 
 
 def measure_rounds(
@@ -304,10 +330,10 @@ def measure_rounds(
             m = measure(make_ours(builder, args.batch_size, variant), args.n_batches, args.warmup_batches)
             log.info("round %d  ours %-14s %7.1f images/s  %.2f CPU ms/image", r, variant, m.images_per_s, m.cpu_ms_per_image)
             results.setdefault(f"ours {variant}", []).append(m)
-        if args.big_vision_dir:
-            m = measure_big_vision(args, builder)
-            log.info("round %d  big_vision training   %7.1f images/s  %.2f CPU ms/image", r, m.images_per_s, m.cpu_ms_per_image)
-            results.setdefault("big_vision input_pipeline.training", []).append(m)
+        for name, bfc in get_big_vision_runs(args):
+            m = measure_big_vision(args, builder, bfc)
+            log.info("round %d  %-24s %7.1f images/s  %.2f CPU ms/image", r, name, m.images_per_s, m.cpu_ms_per_image)
+            results.setdefault(name, []).append(m)
         for workers in timm_workers:
             m = measure(make_timm(folder_dpath, args.batch_size, workers), args.n_batches, args.warmup_batches)
             log.info("round %d  timm workers=%d   %7.1f images/s  %.2f CPU ms/image", r, workers, m.images_per_s, m.cpu_ms_per_image)
@@ -337,12 +363,13 @@ def print_report(args: argparse.Namespace, n_files: int, best: dict[str, Measure
                 f"{name}: {m.images_per_s:.1f} images/s vs {timm_name}: {timm.images_per_s:.1f} images/s: ratio {m.images_per_s / timm.images_per_s:.2f}x "
                 f"(CPU per image {timm.cpu_ms_per_image / m.cpu_ms_per_image:.2f}x less)"
             )
-    if "big_vision input_pipeline.training" in best:
-        bv = best["big_vision input_pipeline.training"]
-        print(
-            f"{ours_name} vs big_vision's input_pipeline.training: {ours.images_per_s / bv.images_per_s:.2f}x images/s, "
-            f"{bv.cpu_ms_per_image / ours.cpu_ms_per_image:.2f}x less CPU per image"
-        )
+    for name in (BIG_VISION, BIG_VISION_BFC):
+        if name in best:
+            bv = best[name]
+            print(
+                f"{ours_name} vs {name}: {ours.images_per_s / bv.images_per_s:.2f}x images/s, "
+                f"{bv.cpu_ms_per_image / ours.cpu_ms_per_image:.2f}x less CPU per image"
+            )
     limit, decode_1thread = ceiling["decode_and_crop_jpeg, tf.data all cores"], ceiling["decode_and_crop_jpeg, 1 thread"]
     print(
         f"{ours_name} runs at {100 * ours.images_per_s / limit.images_per_s:.0f}% of the measured decode_and_crop_jpeg ceiling "
