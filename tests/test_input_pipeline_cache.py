@@ -46,14 +46,15 @@ def _shards(data_dpath: str) -> list[str]:
     return ip.get_shards(builder, "train")
 
 
-def _run_epochs(data: datasets.Data, shards: list[str], hide_after_first: bool) -> tuple[list[int], list[list[list[int]]]]:
-    """Three epochs; per epoch the passes over the shard files and the batches' ids. `hide_after_first`: the shards are moved away after epoch 0."""
+def _run_epochs(data: datasets.Data, shards: list[str], hide_after_first: bool) -> tuple[list[float], list[list[list[int]]]]:
+    """Three epochs; the passes over the shard files read by the end of each epoch (cumulative), and each epoch's batch ids. `hide_after_first`:
+    the shards are moved away after epoch 0."""
     shard_bytes = sum(os.path.getsize(f) for f in shards)
+    start = _rchar()
     passes, epochs = [], []
     for epoch in range(3):
-        before = _rchar()
         epochs.append(_epoch_ids(data, epoch))
-        passes.append(round((_rchar() - before) / shard_bytes))
+        passes.append((_rchar() - start) / shard_bytes)
         if hide_after_first and epoch == 0:
             for f in shards:
                 os.rename(f, f + ".hidden")
@@ -62,17 +63,20 @@ def _run_epochs(data: datasets.Data, shards: list[str], hide_after_first: bool) 
 
 def test_cache_raw_reads_each_record_once_over_three_epochs(own_digits):
     shards = _shards(own_digits)
+    # The next epoch's pipeline starts as soon as the current one has produced its last batch, which can be before the consumer has taken it
+    # (prefetch): by the end of epoch k, k + 1 passes are read, and part or all of the next one.
     plain_passes, plain = _run_epochs(datasets.build_data(_config(own_digits, tfds_epochs_ahead=0)), shards, hide_after_first=False)
-    assert plain_passes == [1, 1, 1], "without the cache every epoch reads the split again"
-    assert sum(plain_passes) * N_TRAIN == 4311
+    for k, cum in enumerate(plain_passes):
+        assert k + 0.99 < cum < k + 2.01, f"without the cache every epoch reads the split again: {plain_passes}"
     # One epoch ahead (the default): the next epoch's pipeline fills its shuffle buffer (all 1437 records) while the current one runs.
     ahead_passes, ahead = _run_epochs(datasets.build_data(_config(own_digits)), shards, hide_after_first=False)
-    assert ahead_passes == [2, 1, 1] and ahead == plain, ahead_passes
+    assert ahead == plain
+    for k, cum in enumerate(ahead_passes):
+        assert k + 1.99 < cum < k + 3.01, f"one epoch ahead: {ahead_passes}"
 
     cached_passes, cached = _run_epochs(datasets.build_data(_config(own_digits, tfds_cache_raw=True)), shards, hide_after_first=True)
     # The shard files are gone from epoch 1 on: those epochs can only come from RAM.
-    assert cached_passes == [1, 0, 0], cached_passes
-    assert sum(cached_passes) * N_TRAIN == 1437
+    assert 0.99 < cached_passes[0] and cached_passes[2] < 1.05, f"one pass in all: {cached_passes}"
     steps = N_TRAIN // 64
     for ids in cached:
         flat = sum(ids, [])
@@ -85,7 +89,7 @@ def test_cache_raw_completes_when_the_consumer_stops_at_the_last_batch(own_digit
     """No shuffle buffer, prefetch or parallel map to read ahead: only asking for the end right after the last full batch lets the cache complete."""
     config = _config(own_digits, tfds_cache_raw=True, tfds_shuffle_buffer=1, tfds_prefetch=0, tfds_num_parallel_calls=1)
     passes, epochs = _run_epochs(datasets.build_data(config), _shards(own_digits), hide_after_first=True)
-    assert passes == [1, 0, 0], passes
+    assert 0.99 < passes[0] and passes[2] < 1.05, f"one pass in all: {passes}"
     assert epochs[1] == epochs[2] == epochs[0], "without a shuffle buffer every epoch is the fixed cached order"
 
 

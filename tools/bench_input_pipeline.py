@@ -5,7 +5,8 @@ The data is built at run time from the photos that ship with scikit-image (`skim
 500x333, the rest 300 to 800 px), JPEG-encoded with PIL at quality 90. The same files are written twice: as a TFDS dataset
 (GeneratorBasedBuilder, the bytes stored unchanged) and as an ImageFolder tree for timm.
 
-Timed, in one process, each for `--n_batches` batches after `--warmup_batches` untimed ones, epochs repeating as needed:
+Timed, each for `--n_batches` batches after `--warmup_batches` untimed ones, epochs repeating as needed, ours and big_vision's each in a fresh
+interpreter per measurement (`--same_process`: ours in this one):
 - ours: `big_vision.train_stream.make_train_stream` as training reads it (variant per_epoch: `make_train_dataset` per epoch), with the
   ImageNet train pp string
   (`decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)|keep("image", "label")`), handed to torch by `iterate_torch`, one variant
@@ -31,6 +32,7 @@ from __future__ import annotations  # the signatures name tfds types, imported o
 import argparse
 import dataclasses
 import gc
+import json
 import logging
 import os
 import shutil
@@ -242,6 +244,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=2, help="repeat all measurements, keep each one's best")
     parser.add_argument("--ceiling_seconds", type=float, default=5.0)
     parser.add_argument("--no_timm", action="store_true", help="only our variants (for sweeps)")
+    parser.add_argument("--same_process", action="store_true", help="measure ours in this process, not in a fresh one per measurement (faster sweeps)")
+    parser.add_argument("--measure_one", default=None, help=argparse.SUPPRESS)  # internal: one measurement of this variant, printed as JSON
     parser.add_argument("--work_dir", default=None, help="where the JPEGs and the TFDS dataset go (default: a temp dir, deleted afterwards)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -299,13 +303,34 @@ def prepare_data(folder_dpath: str, data_dpath: str, n_images: int, seed: int) -
     return files, builder
 
 
+def run_measurement(cmd: list[str], env: dict, cwd: str, what: str) -> Measurement:
+    """One measurement in a fresh interpreter that prints it as its last JSON line."""
+    import json
+    import subprocess
+
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=cwd)
+    if r.returncode != 0:
+        raise SystemExit((r.stderr.strip().splitlines() or [f"{what} failed"])[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return Measurement(out["images_per_s"], out["cpu_ms_per_image"], out["n_images"])
+
+
+def measure_ours(args: argparse.Namespace, builder: tfds.core.DatasetBuilder, variant: str, work_dpath: str) -> Measurement:
+    """Ours in a fresh interpreter (`--measure_one`), as big_vision's pipeline is measured; in this one with `--same_process`."""
+    import sys
+
+    if args.same_process:
+        return measure(make_ours(builder, args.batch_size, variant), args.n_batches, args.warmup_batches)
+    cmd = [sys.executable, "-m", "tools.bench_input_pipeline", "--measure_one", variant, "--work_dir", work_dpath, "--n_images", str(args.n_images)]
+    cmd += ["--batch_size", str(args.batch_size), "--n_batches", str(args.n_batches), "--warmup_batches", str(args.warmup_batches), "--seed", str(args.seed)]
+    return run_measurement(cmd, dict(os.environ), os.path.dirname(os.path.dirname(os.path.abspath(__file__))), f"ours {variant}")
+
+
 def measure_big_vision(args: argparse.Namespace, builder: tfds.core.DatasetBuilder, bfc: bool) -> Measurement:
     """big_vision's own pipeline on the same TFDS data and pp string, in a fresh interpreter (tools/bench_big_vision_worker.py).
 
     It runs in the user's environment (`bfc`: with TF_CPU_ALLOCATOR_USE_BFC=true added), not in ours, which utils/process.py extends.
     """
-    import json
-    import subprocess
     import sys
 
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_big_vision_worker.py")
@@ -316,11 +341,7 @@ def measure_big_vision(args: argparse.Namespace, builder: tfds.core.DatasetBuild
     env = {**USER_ENV, "PYTHONPATH": os.pathsep.join(paths + [p for p in USER_ENV.get("PYTHONPATH", "").split(os.pathsep) if p])}
     if bfc:
         env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=tempfile.gettempdir())
-    if r.returncode != 0:
-        raise SystemExit((r.stderr.strip().splitlines() or ["big_vision's pipeline failed"])[-1])
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    return Measurement(out["images_per_s"], out["cpu_ms_per_image"], out["n_images"])
+    return run_measurement(cmd, env, tempfile.gettempdir(), "big_vision's pipeline")
 
 
 BIG_VISION = "big_vision input_pipeline.training"
@@ -337,13 +358,13 @@ def get_big_vision_runs(args: argparse.Namespace) -> list[tuple[str, bool]]:
 
 
 def measure_rounds(
-    args: argparse.Namespace, builder: tfds.core.DatasetBuilder, folder_dpath: str, variants: list[str], timm_workers: list[int]
+    args: argparse.Namespace, builder: tfds.core.DatasetBuilder, work_dpath: str, variants: list[str], timm_workers: list[int]
 ) -> dict[str, list[Measurement]]:
     """Ours (each variant) and timm (each worker count) in turns, `args.rounds` times; every measurement of each."""
     results: dict[str, list[Measurement]] = {}
     for r in range(args.rounds):
         for variant in variants:
-            m = measure(make_ours(builder, args.batch_size, variant), args.n_batches, args.warmup_batches)
+            m = measure_ours(args, builder, variant, work_dpath)
             log.info("round %d  ours %-14s %7.1f images/s  %.2f CPU ms/image", r, variant, m.images_per_s, m.cpu_ms_per_image)
             results.setdefault(f"ours {variant}", []).append(m)
         for name, bfc in get_big_vision_runs(args):
@@ -351,7 +372,7 @@ def measure_rounds(
             log.info("round %d  %-24s %7.1f images/s  %.2f CPU ms/image", r, name, m.images_per_s, m.cpu_ms_per_image)
             results.setdefault(name, []).append(m)
         for workers in timm_workers:
-            m = measure(make_timm(folder_dpath, args.batch_size, workers), args.n_batches, args.warmup_batches)
+            m = measure(make_timm(os.path.join(work_dpath, "imagefolder"), args.batch_size, workers), args.n_batches, args.warmup_batches)
             log.info("round %d  timm workers=%d   %7.1f images/s  %.2f CPU ms/image", r, workers, m.images_per_s, m.cpu_ms_per_image)
             results.setdefault(f"timm workers={workers}", []).append(m)
     return results
@@ -411,7 +432,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)  # TF/absl may have configured the root logger already
     log.setLevel(logging.INFO)
-    variants = [v for v in args.variants.split(",") if v]
+    variants = [v for v in args.variants.split(",") if v] + ([args.measure_one] if args.measure_one else [])
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown --variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
@@ -430,7 +451,10 @@ def main() -> None:
             args.warmup_batches,
             os.cpu_count(),
         )
-        results = measure_rounds(args, builder, folder_dpath, variants, timm_workers)
+        if args.measure_one:  # a worker of measure_ours
+            print(json.dumps(dataclasses.asdict(measure(make_ours(builder, args.batch_size, args.measure_one), args.n_batches, args.warmup_batches))))
+            return
+        results = measure_rounds(args, builder, work_dpath, variants, timm_workers)
         ceiling = get_decode_ceiling(files, args.ceiling_seconds, args.seed)
         # Best wall rate and lowest CPU cost over the rounds, each on its own: other jobs on the machine only ever slow a measurement down.
         best = {k: Measurement(max(m.images_per_s for m in ms), min(m.cpu_ms_per_image for m in ms), ms[0].n_images) for k, ms in results.items()}
