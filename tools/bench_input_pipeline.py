@@ -19,7 +19,7 @@ interpreter per measurement (`--same_process`: ours in this one):
   bench was started in (as it ships) and with TensorFlow's BFC host allocator, which ours turns on (utils/process.py);
 - the limits: `tf.image.decode_and_crop_jpeg` alone with inception-crop windows sampled beforehand, in a tight eager loop on one thread and in
   a batched tf.data map over all cores (no pipeline that decodes these JPEGs can beat it on this machine), and the same plus the pp string's
-  resize to 224 (the least work of this pp string with TF's kernels).
+  resize to 224 (the least work of this pp string with the pp ops' kernels: TF's JPEG decoder, big_vision/pp/native.py's resize).
 
 `--rounds` repeats ours and timm alternately and keeps each one's best, because the machine may be shared.
 
@@ -214,7 +214,7 @@ def get_decode_ceiling(files: list[tuple[str, int]], seconds: float, seed: int) 
     decode = lambda jpeg, window: tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)  # noqa: E731
     out["decode_and_crop_jpeg, tf.data all cores"] = loop_dataset(jpegs, windows, lambda j, w: tf.shape(decode(j, w)), loop)
     # The same plus the pp string's resize to 224 (ResizeBilinear in float32, clipped and cast back to uint8 as big_vision's op does): the least
-    # work any pipeline of this pp string does per image with TF's kernels.
+    # work any pipeline of this pp string does per image with the pp ops' kernels (the resize is big_vision/pp/native.py's where it builds).
     resize_pp = pp_builder.get_preprocess_fn("resize(224)")
     out[DECODE_RESIZE] = loop_dataset(jpegs, windows, lambda j, w: resize_pp({"image": decode(j, w)})["image"][0, 0], loop)
     return out
@@ -415,7 +415,7 @@ def print_report(args: argparse.Namespace, n_files: int, best: dict[str, Measure
     limit = ceiling[DECODE_RESIZE]
     print(
         f"{ours_name} runs at {100 * ours.images_per_s / limit.images_per_s:.0f}% of decode_and_crop_jpeg + resize to 224 "
-        f"({limit.images_per_s:.1f} images/s, {limit.cpu_ms_per_image:.2f} CPU ms/image), the least work of this pp string with TF's kernels"
+        f"({limit.images_per_s:.1f} images/s, {limit.cpu_ms_per_image:.2f} CPU ms/image), the least work of this pp string with the pp ops' kernels"
     )
     # CPU time per image does not depend on what else runs on the machine; on idle CPUs the rate is about n_cpus / (CPU time per image).
     n_cpus = os.cpu_count()

@@ -8,7 +8,7 @@ Every factory checks its static arguments, so a bad value fails when the pp stri
 
 from collections.abc import Callable, Sequence
 
-from big_vision.pp import registry, utils
+from big_vision.pp import native, registry, utils
 from utils.tf_import import tf
 
 RESIZE_METHODS = ("area", "bicubic", "bilinear", "gaussian", "lanczos3", "lanczos5", "mitchellcubic", "nearest")
@@ -41,8 +41,13 @@ def _check_area_range(op: str, area_min, area_max) -> None:
 
 
 def _resize_keep_dtype(image: tf.Tensor, hw, method: str, antialias: bool) -> tf.Tensor:
-    """`tf.image.resize`, then clip to the input dtype's range and cast back (float -> int truncates)."""
+    """`tf.image.resize`, then clip to the input dtype's range and cast back (float -> int truncates). A uint8 image resized bilinearly
+    goes through the native kernel where it is available (`big_vision.pp.native`: the same bits, checked at its first use)."""
     dtype = image.dtype
+    if dtype == tf.uint8 and method == "bilinear" and not antialias and image.shape.rank == 3:
+        resize = native.get_resize_bilinear_uint8()
+        if resize is not None:
+            return resize(image, tf.cast(tf.convert_to_tensor(hw), tf.int32))
     out = tf.image.resize(image, hw, method=method, antialias=antialias)
     if dtype.is_integer:
         out = tf.clip_by_value(out, dtype.min, dtype.max)
