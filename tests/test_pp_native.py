@@ -47,6 +47,11 @@ def test_without_a_compiler_or_when_switched_off_the_pp_ops_keep_tfs_kernel(monk
     monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING, logger=native.__name__):
         assert build() is None
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails
+    with caplog.at_level(logging.WARNING, logger=native.__name__):
+        assert build() is None
     assert [r.getMessage() for r in caplog.records] == [
-        f"pp resize: TF's kernel (the native one is not used: no C++ compiler {str(tmp_path / 'no-such-cxx')!r} (set CXX); PP_NATIVE_OPS=0 skips it)"
+        f"pp resize: TF's kernel (the native one is not used: no C++ compiler {str(tmp_path / 'no-such-cxx')!r} (set CXX); PP_NATIVE_OPS=0 skips it)",
+        "pp resize: TF's kernel (the native one is not used: false failed: no output; PP_NATIVE_OPS=0 skips it)",
     ]
+    assert not [f for f in (tmp_path / "cache").iterdir()], "a failed build leaves nothing in the cache"

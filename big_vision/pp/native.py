@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -67,14 +68,25 @@ def _build(name: str) -> str:
     fd, tmp_fpath = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=cache_dpath)
     os.close(fd)
     try:
-        r = subprocess.run([cxx, src_fpath, "-o", tmp_fpath, *flags], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        if r.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
+        _compile([cxx, src_fpath, "-o", tmp_fpath, *flags])
         os.replace(tmp_fpath, so_fpath)  # atomic: a concurrent process sees the old state or the whole file
     finally:
         if os.path.exists(tmp_fpath):
             os.remove(tmp_fpath)
     return so_fpath
+
+
+def _compile(cmd: list[str]) -> None:
+    """Run the compiler in its own process group, all of which is killed if it outlives BUILD_TIMEOUT_S or the caller is interrupted."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {(err.strip().splitlines() or ['no output'])[-1]}")
 
 
 def tf_resize_uint8(image: tf.Tensor, hw) -> tf.Tensor:

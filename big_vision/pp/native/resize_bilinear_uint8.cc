@@ -2,7 +2,7 @@
 // [0, 255] and cast back to uint8. That is tf.cast(tf.clip_by_value(tf.image.resize(x, size, "bilinear"), 0, 255), tf.uint8), the pp
 // ops' resize of a uint8 image, with the float32 operations of TensorFlow's ResizeBilinear CPU kernel in the same order (the x-lerps of
 // the top and bottom rows, then the y-lerp; built with -ffp-contract=off, so no fused multiply-adds), but computed separably: each input
-// row's x-lerps once (AVX2 gathers where the CPU has them), then the y-lerp, clip and cast over whole rows. big_vision/pp/native.py builds
+// row's x-lerps once (4-wide loads for 3 channels, AVX2 gathers otherwise where the CPU has them), then the y-lerp, clip and cast over whole rows. big_vision/pp/native.py builds
 // it, and uses it only after it gave TensorFlow's bits on its check images.
 #include <algorithm>
 #include <cmath>
@@ -76,7 +76,7 @@ class ResizeBilinearUint8Op : public OpKernel {
     const uint8_t* src = image.flat<uint8_t>().data();
     uint8_t* dst = out->flat<uint8_t>().data();
     // Two row buffers of x-lerped input rows, keyed by the input row they hold.
-    std::vector<float> buf_a(n), buf_b(n), tmp(n);
+    std::vector<float> buf_a(n + 4), buf_b(n + 4);  // + 4: the last pixel's 4-float store
     int64_t row_a = -1, row_b = -1;
     std::vector<float> rowf(in_w * ch + 8);
     auto lerp_row = [&](int64_t r, float* o) {
@@ -84,6 +84,15 @@ class ResizeBilinearUint8Op : public OpKernel {
       for (int64_t i = 0; i < in_w * ch; ++i) rowf[i] = p[i];
       const float* f = rowf.data();
       int64_t j = 0;
+#ifdef __SSE2__
+      if (ch == 3) {  // a pixel's 3 lower and 3 upper values are contiguous: two 4-float loads per pixel (the 4th lane is overwritten next)
+        for (int64_t x = 0; x < out_w; ++x) {
+          const __m128 l = _mm_loadu_ps(f + xs[x].lower * 3), h = _mm_loadu_ps(f + xs[x].upper * 3);
+          _mm_storeu_ps(o + x * 3, _mm_add_ps(l, _mm_mul_ps(_mm_sub_ps(h, l), _mm_set1_ps(xs[x].lerp))));
+        }
+        return;
+      }
+#endif
 #ifdef __AVX2__
       for (; j + 8 <= n; j += 8) {
         const __m256 l = _mm256_i32gather_ps(f, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo.data() + j)), 4);
