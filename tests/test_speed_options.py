@@ -227,14 +227,15 @@ def test_the_step_benchmark_prints_both_loops_and_their_ratio():
 def test_the_input_pipeline_benchmark_prints_ratios_and_both_limits(tmp_path):
     """`python -m tools.bench_input_pipeline`, tiny: ours against timm's loader and the two limits; the resize limit really resizes."""
     argv = ["--n_images", "48", "--batch_size", "16", "--n_batches", "2", "--warmup_batches", "1", "--timm_workers", "0", "--rounds", "1"]
-    argv += ["--ceiling_seconds", "0.5", "--work_dir", str(tmp_path)]
+    argv += ["--ceiling_seconds", "1", "--work_dir", str(tmp_path)]
     repo_dpath = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = proc.run([sys.executable, "-m", "tools.bench_input_pipeline", *argv], cwd=repo_dpath, env={**os.environ, "PJRT_DEVICE": "CPU"}, timeout=200)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert re.search(r"ours default: [\d.]+ images/s vs timm workers=0: [\d.]+ images/s: ratio [\d.]+x", r.stdout), r.stdout
-    rates = {k: float(v) for k, v in re.findall(r"^  (decode_and_crop_jpeg.*?all cores) +([\d.]+)", r.stdout, re.M)}
-    decode, decode_resize = rates["decode_and_crop_jpeg, tf.data all cores"], rates["decode_and_crop_jpeg + resize, tf.data all cores"]
-    assert decode_resize < decode, r.stdout  # the resize limit does more work per image (TF skips a resize whose output is unused)
+    cpu_ms = {k: float(v) for k, v in re.findall(r"^  (decode_and_crop_jpeg.*?all cores) +[\d.]+ +([\d.]+)$", r.stdout, re.M)}
+    decode, decode_resize = cpu_ms["decode_and_crop_jpeg, tf.data all cores"], cpu_ms["decode_and_crop_jpeg + resize, tf.data all cores"]
+    # The resize limit costs more CPU per image (TF skips a resize whose output is unused); CPU time, not the rate, which other jobs move.
+    assert decode_resize > decode, r.stdout
     assert re.search(r"ours default runs at \d+% of decode_and_crop_jpeg \+ resize to 224", r.stdout), r.stdout
     bad = proc.run([sys.executable, "-m", "tools.bench_input_pipeline", "--variants", "fast"], cwd=repo_dpath, timeout=60)
     assert bad.returncode == 2 and "unknown --variants fast; known: default" in bad.stderr, bad.stderr
