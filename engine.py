@@ -199,6 +199,7 @@ class Trainer:
         self.last_checked_step = 0
         self.stop = preemption.StopSignals()
         self.stopping = False  # every process agreed to stop after the current step
+        self.stopped_here = False  # that agreement came from a signal to this process (not one that arrived after it: the stop message)
         self._saved: tuple[int, str] | None = None  # (step, path) of the last checkpoint written
         self.compiles_after_warmup: int | None = None
         self._warm = {"train": False, "eval": False, "save": False}  # graphs each kind of work compiles once
@@ -376,10 +377,12 @@ class Trainer:
         """Whether every process stops after this step; `sync`: all processes are at a point where they may agree (see the module docstring)."""
         if self.stopping:
             return True
+        here = self.stop.requested
         if self.runtime.world_size == 1:
-            self.stopping = self.stop.requested
+            self.stopping = here
         elif sync:
-            self.stopping = self.runtime.any_process(self.stop.requested)
+            self.stopping = self.runtime.any_process(here)
+        self.stopped_here = self.stopping and here
         return self.stopping
 
     def _stop(self) -> None:
@@ -387,7 +390,8 @@ class Trainer:
         pos, cfg = self.position, self.config
         signum = self.stop.signum or signal.SIGTERM  # no signal here: another process got one
         fpath = self.save()
-        who = f"stopped by {signal.Signals(signum).name}" if self.stop.requested else "stopped because another process received a stop signal"
+        # Why the processes agreed to stop; a signal that arrives during the save (a launcher closing the others) does not change it.
+        who = f"stopped by {signal.Signals(signum).name}" if self.stopped_here else "stopped because another process received a stop signal"
         where = f"epoch {pos.epoch + 1}, step {pos.step_in_epoch} of {self.data.steps_per_epoch}" if pos.step_in_epoch else f"end of epoch {pos.epoch}"
         saved = f"checkpoint {fpath}" if fpath else ("checkpoint written by the main process" if cfg.output_dir else "no checkpoint (--output_dir is empty)")
         message = f"{who} after step {pos.global_step} ({where}); {saved}; to continue, rerun the same command with --resume auto --output_dir {cfg.output_dir}"
