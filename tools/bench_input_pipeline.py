@@ -305,7 +305,6 @@ def prepare_data(folder_dpath: str, data_dpath: str, n_images: int, seed: int) -
 
 def run_measurement(cmd: list[str], env: dict, cwd: str, what: str) -> Measurement:
     """One measurement in a fresh interpreter that prints it as its last JSON line."""
-    import json
     import subprocess
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=cwd)
@@ -354,7 +353,8 @@ def get_big_vision_runs(args: argparse.Namespace) -> list[tuple[str, bool]]:
     if not args.big_vision_dir:
         return []
     runs = {"as_shipped": [(BIG_VISION, False)], "bfc": [(BIG_VISION_BFC, True)]}
-    return runs.get(args.big_vision_allocator, runs["as_shipped"] + runs["bfc"])
+    runs["both"] = runs["as_shipped"] + runs["bfc"]
+    return runs[args.big_vision_allocator]
 
 
 def measure_rounds(
